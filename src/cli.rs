@@ -1,0 +1,186 @@
+//! The command line, as argh parses it, turned into a plan for `config`.
+//!
+//! Owns: the flags and their help text; checking that they make sense
+//! together. Must not: decide anything about serving.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::config::inetd::{self, RawService, DEFAULT_RATE};
+use crate::config::{Handover, Limits, Mode, Rate, SockType, Sources};
+use crate::error::{Error, Origin};
+use crate::server::Options;
+
+/// The configuration read when neither -f nor --listen is given.
+pub const DEFAULT_CONFIG: &str = "/etc/doorman.conf";
+
+#[derive(FromArgs, Debug)]
+/// doorman: an inetd-style super-server. Listens on behalf of services and
+/// starts a handler for each connection.
+///
+/// Examples:
+///   doorman -f /etc/inetd.conf
+///   doorman --listen 127.0.0.1:9999 -- /usr/local/bin/handler arg1
+///   doorman --check -f conf/doorman.conf
+pub struct Args {
+    /// configuration file in inetd.conf syntax (repeatable; default /etc/doorman.conf)
+    #[argh(option, short = 'f')]
+    pub file: Vec<PathBuf>,
+
+    /// serve the program after -- on PORT, ADDR:PORT or [V6ADDR]:PORT (repeatable)
+    #[argh(option)]
+    pub listen: Vec<String>,
+
+    /// with --listen: hand the connection over as inetd (fds 0-2), stdio (fds 0-1, the default) or fd3 (LISTEN_FDS)
+    #[argh(option)]
+    pub handover: Option<String>,
+
+    /// with --listen: at most N handlers at once; further clients wait in the backlog
+    #[argh(option)]
+    pub max_instances: Option<u32>,
+
+    /// with --listen: at most N handlers started per minute, then pause 10 minutes (0 = no limit, the default)
+    #[argh(option)]
+    pub rate: Option<u32>,
+
+    /// with --listen: run the handler as this user (name or uid), with its groups
+    #[argh(option, short = 'u')]
+    pub user: Option<String>,
+
+    /// with --listen: run the handler with this group (name or gid)
+    #[argh(option, short = 'g')]
+    pub group: Option<String>,
+
+    /// with --listen: the service name used in logs and LISTEN_FDNAMES
+    #[argh(option)]
+    pub name: Option<String>,
+
+    /// parse and validate the configuration, print the services understood, and exit (0 if valid, 1 if not)
+    #[argh(switch)]
+    pub check: bool,
+
+    /// write READY and a newline to this file descriptor once every socket is bound, then close it
+    #[argh(option)]
+    pub ready_fd: Option<i32>,
+
+    /// on SIGTERM/SIGINT, send SIGTERM to every handler and wait for them (SIGKILL after --stop-timeout)
+    #[argh(switch)]
+    pub stop_children: bool,
+
+    /// seconds to wait for handlers with --stop-children (default 10)
+    #[argh(option, default = "10")]
+    pub stop_timeout: u64,
+
+    /// log more (repeat for even more)
+    #[argh(switch, short = 'v')]
+    pub verbose: u8,
+
+    /// log only warnings and errors
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+
+    /// the program to run and its arguments (with --listen)
+    #[argh(positional, greedy)]
+    pub command: Vec<String>,
+}
+
+/// What to do, as validated from the command line.
+pub struct Plan {
+    pub sources: Sources,
+    pub check: bool,
+    pub options: Options,
+}
+
+impl Args {
+    /// Checks the flags against each other and builds the plan.
+    pub fn plan(&self) -> Result<Plan, Error> {
+        let usage = |m: &str| Error::Usage(m.to_string());
+        let listen_only = [
+            ("--handover", self.handover.is_some()),
+            ("--max-instances", self.max_instances.is_some()),
+            ("--rate", self.rate.is_some()),
+            ("--user", self.user.is_some()),
+            ("--group", self.group.is_some()),
+            ("--name", self.name.is_some()),
+        ];
+        let listen = if self.listen.is_empty() {
+            if let Some((flag, _)) = listen_only.iter().find(|(_, on)| *on) {
+                return Err(usage(&format!("{flag} applies to --listen only")));
+            }
+            if !self.command.is_empty() {
+                return Err(usage(&format!(
+                    "a program ({}) is given without --listen",
+                    self.command[0]
+                )));
+            }
+            None
+        } else {
+            Some(self.listen_service()?)
+        };
+        let mut files = self.file.clone();
+        if files.is_empty() && listen.is_none() {
+            files.push(PathBuf::from(DEFAULT_CONFIG));
+        }
+        Ok(Plan {
+            sources: Sources { files, listen },
+            check: self.check,
+            options: Options {
+                ready_fd: self.ready_fd,
+                stop_children: self.stop_children,
+                stop_timeout: Duration::from_secs(self.stop_timeout),
+            },
+        })
+    }
+
+    fn listen_service(&self) -> Result<RawService, Error> {
+        let usage = |m: String| Error::Usage(m);
+        let Some(program) = self.command.first() else {
+            return Err(usage(
+                "--listen needs a program to run: doorman --listen ADDR -- PROGRAM [ARGS...]".into(),
+            ));
+        };
+        let mut binds = Vec::new();
+        for l in &self.listen {
+            binds.push(inetd::parse_listen(l).map_err(usage)?);
+        }
+        let handover = match &self.handover {
+            Some(h) => Handover::parse(h)
+                .ok_or_else(|| usage(format!("--handover {h:?}: expected inetd, stdio or fd3")))?,
+            None => Handover::Stdio,
+        };
+        let base = program.rsplit('/').next().unwrap_or(program);
+        let name = self.name.clone().unwrap_or_else(|| base.to_string());
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains(':') {
+            return Err(usage(format!("--name {name:?}: expected a word without ':'")));
+        }
+        let limits = Limits {
+            max_instances: self.max_instances.filter(|&n| n > 0),
+            rate: self.rate.filter(|&n| n > 0).map(|max| Rate { max, ..DEFAULT_RATE }),
+            ..Limits::default()
+        };
+        Ok(RawService {
+            origin: Origin::command_line(),
+            fd_name: Some(name.clone()),
+            name,
+            binds,
+            sock_type: SockType::Stream,
+            sndbuf: None,
+            rcvbuf: None,
+            backlog: None,
+            mode: Mode::Accept,
+            handover,
+            limits,
+            user: self.user.clone(),
+            group: self.group.clone(),
+            program: program.clone(),
+            argv: self.command.clone(),
+            search_path: true,
+        })
+    }
+}

@@ -1,0 +1,515 @@
+//! inetd.conf lines → raw services, every problem with file:line.
+//!
+//! Owns: the classic grammar with the OpenBSD, FreeBSD and Debian extensions,
+//! and doorman's own `key=value` options appended to the wait field.
+//! Must not: resolve names (ports, users, groups, hosts); `resolve.rs` does.
+//!
+//! ```text
+//! [addr:]service socket_type protocol[,sndbuf=N][,rcvbuf=N] \
+//!     wait|nowait[.max | /max-child[/conn-per-ip-per-min[/max-child-per-ip]]][,key=value...] \
+//!     user[:group | .group] server_program [argv0 args...]
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Handover, Limits, Mode, Rate, SockType};
+use crate::error::{ConfigError, Origin};
+
+/// The classic default for `nowait.N`: 256 spawns per 60 s (OpenBSD `toomany`).
+pub const DEFAULT_RATE: Rate = Rate {
+    max: 256,
+    interval: Duration::from_secs(60),
+    pause: Duration::from_secs(600),
+};
+
+/// The protocol field's address family choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// IPv4 and IPv6 as two sockets (the IPv6 one optional), as Debian's
+    /// openbsd-inetd does for plain `tcp`.
+    Tcp,
+    Tcp4,
+    /// IPv6 only (FreeBSD `tcp6`).
+    Tcp6,
+    /// One dual-stack IPv6 socket that also accepts IPv4.
+    Tcp46,
+    Tcp6Only,
+}
+
+/// One address clause: host (`None` for all addresses) and port or
+/// service name, with the family choice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawBind {
+    pub host: Option<String>,
+    pub port: String,
+    pub proto: Proto,
+}
+
+/// A service as written, before names are resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawService {
+    pub origin: Origin,
+    pub name: String,
+    pub binds: Vec<RawBind>,
+    pub sock_type: SockType,
+    pub sndbuf: Option<u32>,
+    pub rcvbuf: Option<u32>,
+    pub backlog: Option<i32>,
+    pub mode: Mode,
+    pub handover: Handover,
+    pub limits: Limits,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub program: String,
+    pub argv: Vec<String>,
+    pub fd_name: Option<String>,
+    /// A program without a `/` is looked up in `PATH` (command line only).
+    pub search_path: bool,
+}
+
+/// What one file yielded.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub services: Vec<RawService>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<ConfigError>,
+}
+
+enum LineOutcome {
+    Service(RawService),
+    Skip(String),
+}
+
+/// Parses a whole inetd.conf file. Lines doorman does not serve yet are
+/// warnings; malformed lines are errors; the rest are services.
+pub fn parse(file: &Path, text: &str) -> Parsed {
+    let mut out = Parsed::default();
+    let mut default_host: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        let origin = Origin::new(file, i + 1);
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = trimmed.split_whitespace().collect();
+        // OpenBSD: a line holding only `addr:` sets the default address
+        // of the lines that follow; `*:` resets it.
+        if fields.len() == 1 && fields[0].ends_with(':') {
+            match split_host(&fields[0][..fields[0].len() - 1]) {
+                Ok(h) => default_host = h,
+                Err(m) => out.errors.push(ConfigError::new(&origin, Some("address"), m)),
+            }
+            continue;
+        }
+        match parse_line(&origin, &fields, &default_host) {
+            Ok(LineOutcome::Service(s)) => out.services.push(s),
+            Ok(LineOutcome::Skip(why)) => out.warnings.push(format!("{origin}: {why}; line skipped")),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out
+}
+
+/// `*` (all addresses) → `None`; `[v6]` → the address inside.
+fn split_host(host: &str) -> Result<Option<String>, String> {
+    let host = host.trim();
+    if host.is_empty() {
+        return Err("empty address".into());
+    }
+    if host == "*" {
+        return Ok(None);
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']') {
+            Some(v6) if !v6.is_empty() => Ok(Some(v6.to_string())),
+            _ => Err(format!("unbalanced brackets in address {host:?}")),
+        };
+    }
+    Ok(Some(host.to_string()))
+}
+
+/// Splits `[addr:]service`; `[v6]:service` for IPv6.
+fn split_service_field(field: &str) -> Result<(Option<Option<String>>, &str), String> {
+    if field.starts_with('[') {
+        let close = field
+            .find("]:")
+            .ok_or_else(|| format!("expected [address]:service, found {field:?}"))?;
+        let host = split_host(&field[..=close])?;
+        return Ok((Some(host), &field[close + 2..]));
+    }
+    match field.rsplit_once(':') {
+        Some((host, svc)) => Ok((Some(split_host(host)?), svc)),
+        None => Ok((None, field)),
+    }
+}
+
+fn parse_line(
+    origin: &Origin,
+    fields: &[&str],
+    default_host: &Option<String>,
+) -> Result<LineOutcome, ConfigError> {
+    let err = |field: &str, msg: String| ConfigError::new(origin, Some(field), msg);
+    if fields.len() < 6 {
+        return Err(ConfigError::new(
+            origin,
+            None,
+            format!(
+                "expected at least 6 fields (service socket_type protocol wait user program), found {}",
+                fields.len()
+            ),
+        ));
+    }
+    let (host, name) = split_service_field(fields[0]).map_err(|m| err("service", m))?;
+    let host = host.unwrap_or_else(|| default_host.clone());
+    if name.is_empty() {
+        return Err(err("service", "empty service name".into()));
+    }
+    if name.starts_with("tcpmux/") {
+        return Ok(LineOutcome::Skip(format!(
+            "tcpmux service {name:?} is not supported yet"
+        )));
+    }
+
+    let sock_type = match fields[1] {
+        "stream" => SockType::Stream,
+        "dgram" | "seqpacket" | "raw" | "rdm" => {
+            return Ok(LineOutcome::Skip(format!(
+                "socket type {:?} is not supported yet",
+                fields[1]
+            )))
+        }
+        other => return Err(err("socket_type", format!("unknown socket type {other:?}"))),
+    };
+
+    // protocol[,sndbuf=N][,rcvbuf=N]
+    let mut proto_parts = fields[2].split(',');
+    let proto_name = proto_parts.next().unwrap_or("");
+    let proto = match proto_name {
+        "tcp" => Proto::Tcp,
+        "tcp4" => Proto::Tcp4,
+        "tcp6" => Proto::Tcp6,
+        "tcp46" => Proto::Tcp46,
+        "tcp6only" => Proto::Tcp6Only,
+        "udp" | "udp4" | "udp6" | "udp46" | "udp6only" | "unix" => {
+            return Ok(LineOutcome::Skip(format!(
+                "protocol {proto_name:?} is not supported yet"
+            )))
+        }
+        p if p.starts_with("rpc/") => {
+            return Ok(LineOutcome::Skip("RPC services are not supported".into()))
+        }
+        other => return Err(err("protocol", format!("unknown protocol {other:?}"))),
+    };
+    let (mut sndbuf, mut rcvbuf) = (None, None);
+    for opt in proto_parts {
+        match opt.split_once('=') {
+            Some(("sndbuf", v)) => sndbuf = Some(parse_size(v).map_err(|m| err("protocol", m))?),
+            Some(("rcvbuf", v)) => rcvbuf = Some(parse_size(v).map_err(|m| err("protocol", m))?),
+            _ => {
+                return Err(err(
+                    "protocol",
+                    format!("unknown protocol option {opt:?} (expected sndbuf=N or rcvbuf=N)"),
+                ))
+            }
+        }
+    }
+
+    let wait = parse_wait(fields[3]).map_err(|m| err("wait", m))?;
+    if wait.mode == Mode::Wait {
+        return Ok(LineOutcome::Skip("wait services are not supported yet".into()));
+    }
+
+    let (user, group) = split_user(fields[4]).map_err(|m| err("user", m))?;
+
+    let program = fields[5];
+    if program == "internal" {
+        return Ok(LineOutcome::Skip(format!(
+            "internal service {name:?} is not supported yet"
+        )));
+    }
+    if !program.starts_with('/') {
+        return Err(err(
+            "server_program",
+            format!("{program:?} is not an absolute path"),
+        ));
+    }
+    let argv: Vec<String> = if fields.len() > 6 {
+        fields[6..].iter().map(|s| s.to_string()).collect()
+    } else {
+        let base = program.rsplit('/').next().unwrap_or(program);
+        vec![base.to_string()]
+    };
+
+    Ok(LineOutcome::Service(RawService {
+        origin: origin.clone(),
+        name: name.to_string(),
+        binds: vec![RawBind {
+            host,
+            port: name.to_string(),
+            proto,
+        }],
+        sock_type,
+        sndbuf,
+        rcvbuf,
+        backlog: wait.backlog,
+        mode: wait.mode,
+        handover: wait.handover.unwrap_or(Handover::Inetd),
+        limits: wait.limits,
+        user: Some(user),
+        group,
+        program: program.to_string(),
+        argv,
+        fd_name: wait.fd_name,
+        search_path: false,
+    }))
+}
+
+/// What the wait field says.
+#[derive(Debug, PartialEq, Eq)]
+struct WaitField {
+    mode: Mode,
+    limits: Limits,
+    handover: Option<Handover>,
+    fd_name: Option<String>,
+    backlog: Option<i32>,
+}
+
+/// `wait|nowait` + `.max` (OpenBSD/Debian) or `/max-child/per-ip-per-min/
+/// max-child-per-ip` (FreeBSD), then doorman's `,key=value` options.
+fn parse_wait(field: &str) -> Result<WaitField, String> {
+    let mut parts = field.split(',');
+    let base = parts.next().unwrap_or("");
+    let (word, rest) = match base.find(['.', '/']) {
+        Some(i) => (&base[..i], &base[i..]),
+        None => (base, ""),
+    };
+    let mode = match word {
+        "nowait" => Mode::Accept,
+        "wait" => Mode::Wait,
+        other => return Err(format!("expected wait or nowait, found {other:?}")),
+    };
+    let mut limits = Limits {
+        rate: Some(DEFAULT_RATE),
+        ..Limits::default()
+    };
+    if let Some(max) = rest.strip_prefix('.') {
+        let n = parse_count(max, "the .max rate")?;
+        limits.rate = (n > 0).then_some(Rate { max: n, ..DEFAULT_RATE });
+    } else if let Some(slashes) = rest.strip_prefix('/') {
+        let nums: Vec<&str> = slashes.split('/').collect();
+        if nums.len() > 3 {
+            return Err(format!(
+                "too many /-separated limits in {base:?} (max-child/max-conn-per-ip-per-min/max-child-per-ip)"
+            ));
+        }
+        let names = ["max-child", "max-conn-per-ip-per-min", "max-child-per-ip"];
+        let mut vals = [None; 3];
+        for (i, n) in nums.iter().enumerate() {
+            let v = parse_count(n, names[i])?;
+            vals[i] = (v > 0).then_some(v);
+        }
+        limits.max_instances = vals[0];
+        limits.per_source_per_minute = vals[1];
+        limits.max_per_source = vals[2];
+    } else if !rest.is_empty() {
+        return Err(format!("unexpected {rest:?} after {word}"));
+    }
+    let mut out = WaitField {
+        mode,
+        limits,
+        handover: None,
+        fd_name: None,
+        backlog: None,
+    };
+    for opt in parts {
+        let (k, v) = opt
+            .split_once('=')
+            .ok_or_else(|| format!("option {opt:?} is not key=value"))?;
+        match k {
+            "handover" => {
+                out.handover = Some(Handover::parse(v).ok_or_else(|| {
+                    format!("handover={v:?}: expected inetd, stdio or fd3")
+                })?)
+            }
+            "fdname" => {
+                if v.is_empty() || v.len() > 255 || !v.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+                    return Err(format!("fdname={v:?}: expected 1 to 255 printable characters, no ':'"));
+                }
+                out.fd_name = Some(v.to_string())
+            }
+            "backlog" => {
+                let n = parse_count(v, "backlog")?;
+                out.backlog = Some(i32::try_from(n).map_err(|_| format!("backlog={v} is too large"))?);
+            }
+            "max-child" => {
+                let n = parse_count(v, "max-child")?;
+                out.limits.max_instances = (n > 0).then_some(n);
+            }
+            "rate" => {
+                let n = parse_count(v, "rate")?;
+                out.limits.rate = (n > 0).then_some(Rate { max: n, ..DEFAULT_RATE });
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option {k:?} (known: handover, fdname, backlog, max-child, rate)"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_count(s: &str, what: &str) -> Result<u32, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{what}: {s:?} is not a number"));
+    }
+    s.parse::<u32>()
+        .map_err(|_| format!("{what}: {s} is too large"))
+}
+
+/// A buffer size: a number with an optional `k` or `m` suffix (OpenBSD).
+fn parse_size(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 1024u64),
+        Some(b'm' | b'M') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n = u64::from(parse_count(num, "buffer size")?) * mult;
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n <= i32::MAX as u32)
+        .ok_or_else(|| format!("buffer size {s} is too large"))
+}
+
+/// `user`, `user:group`, `user.group`; FreeBSD's `/login-class` suffix is
+/// refused rather than ignored.
+fn split_user(field: &str) -> Result<(String, Option<String>), String> {
+    if field.contains('/') {
+        return Err(format!(
+            "{field:?}: login classes (user/class) are not supported"
+        ));
+    }
+    let (user, group) = match field.split_once(':').or_else(|| field.split_once('.')) {
+        Some((u, g)) => (u, Some(g)),
+        None => (field, None),
+    };
+    if user.is_empty() || group.is_some_and(str::is_empty) {
+        return Err(format!("{field:?}: empty user or group name"));
+    }
+    Ok((user.to_string(), group.map(str::to_string)))
+}
+
+/// Parses a `--listen` argument: `PORT`, `ADDR:PORT`, `[V6ADDR]:PORT`,
+/// `*:PORT`.
+pub fn parse_listen(arg: &str) -> Result<RawBind, String> {
+    let (host, port) = match split_service_field(arg)? {
+        (Some(h), p) => (h, p),
+        (None, p) => (None, p),
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "--listen {arg:?}: expected PORT, ADDR:PORT or [V6ADDR]:PORT"
+        ));
+    }
+    let proto = match &host {
+        Some(h) if h.contains(':') => Proto::Tcp6,
+        _ => Proto::Tcp,
+    };
+    Ok(RawBind {
+        host,
+        port: port.to_string(),
+        proto,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(line: &str) -> Parsed {
+        parse(Path::new("t.conf"), line)
+    }
+
+    #[test]
+    fn classic_line() {
+        let p = one("echo\tstream  tcp nowait root /bin/cat cat -u\n");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let s = &p.services[0];
+        assert_eq!(s.name, "echo");
+        assert_eq!(s.binds[0].host, None);
+        assert_eq!(s.binds[0].proto, Proto::Tcp);
+        assert_eq!(s.argv, vec!["cat", "-u"]);
+        assert_eq!(s.user.as_deref(), Some("root"));
+        assert_eq!(s.limits.rate, Some(DEFAULT_RATE));
+        assert_eq!(s.handover, Handover::Inetd);
+    }
+
+    #[test]
+    fn addresses_and_defaults() {
+        let p = one("127.0.0.1:\n9999 stream tcp nowait root /bin/cat cat\n[::1]:ftp stream tcp6 nowait root /bin/cat cat\n*:\n7 stream tcp nowait root /bin/cat cat\n");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.services[0].binds[0].host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(p.services[1].binds[0].host.as_deref(), Some("::1"));
+        assert_eq!(p.services[1].name, "ftp");
+        assert_eq!(p.services[2].binds[0].host, None);
+    }
+
+    #[test]
+    fn wait_field_variants() {
+        let w = parse_wait("nowait.5").unwrap();
+        assert_eq!(w.limits.rate.unwrap().max, 5);
+        let w = parse_wait("nowait/2/30/1").unwrap();
+        assert_eq!(w.limits.max_instances, Some(2));
+        assert_eq!(w.limits.per_source_per_minute, Some(30));
+        assert_eq!(w.limits.max_per_source, Some(1));
+        assert_eq!(w.limits.rate, Some(DEFAULT_RATE));
+        let w = parse_wait("nowait/10,handover=fd3,fdname=web").unwrap();
+        assert_eq!(w.handover, Some(Handover::Fd3));
+        assert_eq!(w.fd_name.as_deref(), Some("web"));
+        assert_eq!(parse_wait("nowait.0").unwrap().limits.rate, None);
+        assert!(parse_wait("nowiat").is_err());
+        assert!(parse_wait("nowait.x").is_err());
+        assert!(parse_wait("nowait/1/2/3/4").is_err());
+        assert!(parse_wait("nowait,handover=pipe").is_err());
+        assert!(parse_wait("nowait,colour=blue").is_err());
+        assert!(parse_wait("nowait.99999999999").is_err());
+    }
+
+    #[test]
+    fn unsupported_lines_warn_and_errors_name_line() {
+        let p = one("# c\n\ntftp dgram udp wait root /usr/sbin/in.tftpd in.tftpd\necho stream tcp nowait root internal\nbad stream tcp\nx stream tcp nowait root relative x\n");
+        assert_eq!(p.services.len(), 0);
+        assert_eq!(p.warnings.len(), 2);
+        assert!(p.warnings[0].starts_with("t.conf:3: "), "{}", p.warnings[0]);
+        assert!(p.warnings[1].starts_with("t.conf:4: "), "{}", p.warnings[1]);
+        assert_eq!(p.errors.len(), 2);
+        assert_eq!(p.errors[0].origin.line, 5);
+        assert_eq!(p.errors[1].origin.line, 6);
+        assert_eq!(p.errors[1].field.as_deref(), Some("server_program"));
+    }
+
+    #[test]
+    fn user_and_buffers() {
+        let p = one("echo stream tcp,sndbuf=64k,rcvbuf=1024 nowait nobody:nogroup /bin/cat cat\n7 stream tcp nowait nobody.nogroup /bin/cat\n");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.services[0].sndbuf, Some(65536));
+        assert_eq!(p.services[0].rcvbuf, Some(1024));
+        assert_eq!(p.services[0].group.as_deref(), Some("nogroup"));
+        assert_eq!(p.services[1].group.as_deref(), Some("nogroup"));
+        assert_eq!(p.services[1].argv, vec!["cat"]);
+        assert!(split_user("u/class").is_err());
+        assert!(split_user(":g").is_err());
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen("9999").unwrap().host, None);
+        let b = parse_listen("127.0.0.1:9999").unwrap();
+        assert_eq!((b.host.as_deref(), b.port.as_str()), (Some("127.0.0.1"), "9999"));
+        let b = parse_listen("[::1]:80").unwrap();
+        assert_eq!((b.host.as_deref(), b.proto), (Some("::1"), Proto::Tcp6));
+        assert!(parse_listen("[::1:80").is_err());
+        assert!(parse_listen("host:http").is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! The validated plan: every front end ends here, as a list of [`Service`].
+//!
+//! Owns: the one model (`Service`, `Endpoint`, `Mode`, `Handover`, `Limits`,
+//! `Creds`, `Handler`), loading the configuration named on the command line,
+//! and the normalized one-line listing printed by `--check` and at start-up.
+//! Must not: touch sockets or processes. Nothing after this module knows
+//! which syntax a service came from.
+
+pub mod inetd;
+pub mod resolve;
+
+use std::ffi::CString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{ConfigError, Origin};
+
+/// The socket type of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SockType {
+    Stream,
+}
+
+impl SockType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SockType::Stream => "stream",
+        }
+    }
+}
+
+/// One address to listen on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub sock_type: SockType,
+    pub addr: SocketAddr,
+    /// `IPV6_V6ONLY` for IPv6 addresses: `true` serves IPv6 only, `false`
+    /// makes one dual-stack socket.
+    pub v6only: bool,
+    /// Skipped with a warning (instead of failing start-up) when the host
+    /// has no support for this address family: the IPv6 half of a plain
+    /// `tcp` service, as Debian's openbsd-inetd does.
+    pub optional: bool,
+    pub backlog: i32,
+    pub sndbuf: Option<u32>,
+    pub rcvbuf: Option<u32>,
+}
+
+impl Endpoint {
+    /// The protocol as inetd.conf would name this endpoint's socket.
+    pub fn proto(&self) -> &'static str {
+        match (self.addr, self.v6only) {
+            (SocketAddr::V4(_), _) => "tcp4",
+            (SocketAddr::V6(_), true) => "tcp6",
+            (SocketAddr::V6(_), false) => "tcp46",
+        }
+    }
+
+    /// What identifies this socket across reloads.
+    pub fn bind_key(&self) -> (SockType, SocketAddr, bool) {
+        (self.sock_type, self.addr, self.v6only)
+    }
+}
+
+/// Per connection (`nowait`, `Accept=yes`) or one instance handed the
+/// listening socket (`wait`, `Accept=no`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Accept,
+    Wait,
+}
+
+/// How the socket is handed to the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handover {
+    /// The socket on fds 0, 1 and 2, as classic inetd.
+    Inetd,
+    /// The socket on fds 0 and 1; fd 2 stays doorman's stderr (UCSPI).
+    Stdio,
+    /// The socket on fd 3 with `LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`
+    /// (systemd); fds 0 and 1 on /dev/null, fd 2 doorman's stderr.
+    Fd3,
+}
+
+impl Handover {
+    pub fn parse(s: &str) -> Option<Handover> {
+        match s {
+            "inetd" => Some(Handover::Inetd),
+            "stdio" => Some(Handover::Stdio),
+            "fd3" => Some(Handover::Fd3),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handover::Inetd => "inetd",
+            Handover::Stdio => "stdio",
+            Handover::Fd3 => "fd3",
+        }
+    }
+}
+
+/// The classic looping protection: at most `max` spawns per `interval`;
+/// over it the service pauses for `pause`, then resumes by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub max: u32,
+    pub interval: Duration,
+    pub pause: Duration,
+}
+
+/// Admission limits of one service. `None` means unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent instances (FreeBSD `max-child`, `--max-instances`).
+    pub max_instances: Option<u32>,
+    /// Spawns per interval (OpenBSD/Debian `nowait.N`).
+    pub rate: Option<Rate>,
+    /// Connections per source address per minute (FreeBSD field 3).
+    pub per_source_per_minute: Option<u32>,
+    /// Concurrent instances per source address (FreeBSD field 4).
+    pub max_per_source: Option<u32>,
+}
+
+/// The credentials a handler runs with, resolved at load time so that the
+/// child needs no name lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Creds {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the user's entries in the group database plus `gid`).
+    pub groups: Vec<u32>,
+}
+
+/// What runs for a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handler {
+    Exec {
+        program: PathBuf,
+        /// argv, argv[0] included.
+        argv: Vec<String>,
+    },
+}
+
+/// One service: where it listens, how and what it runs, within which limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// The service as named in its configuration (`echo`, `9999`).
+    pub name: String,
+    pub origin: Origin,
+    pub endpoints: Vec<Endpoint>,
+    pub mode: Mode,
+    pub handover: Handover,
+    pub handler: Handler,
+    /// `None`: run as doorman itself runs (no privilege change).
+    pub creds: Option<Creds>,
+    pub limits: Limits,
+    /// `LISTEN_FDNAMES` for the `fd3` hand-over.
+    pub fd_name: String,
+}
+
+impl Service {
+    /// `name/proto`, the subject of every log line about this service.
+    pub fn label(&self) -> String {
+        let proto = self.endpoints.first().map_or("tcp", |e| e.proto());
+        let proto = proto.trim_end_matches(['4', '6']);
+        format!("{}/{}", self.name, proto)
+    }
+}
+
+/// Joins an argv for display, quoting words that need it.
+pub fn display_argv(argv: &[String]) -> String {
+    let mut out = String::new();
+    for (i, a) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+            out.push('"');
+            for c in a.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        } else {
+            out.push_str(a);
+        }
+    }
+    out
+}
+
+impl fmt::Display for Service {
+    /// The normalized listing: one line per service, whatever front end it
+    /// came from (`--check`, start-up at `-v`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        for e in &self.endpoints {
+            write!(f, " listen={}:{}:{}", e.sock_type.as_str(), e.proto(), e.addr)?;
+            if e.optional {
+                write!(f, "?")?;
+            }
+        }
+        let mode = match self.mode {
+            Mode::Accept => "nowait",
+            Mode::Wait => "wait",
+        };
+        write!(f, " mode={mode} handover={}", self.handover.as_str())?;
+        match &self.creds {
+            Some(c) => write!(f, " user={}({}) group={}", c.user, c.uid, c.gid)?,
+            None => write!(f, " user=-")?,
+        }
+        let l = &self.limits;
+        let num = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            " max-child={} max-child-per-ip={} conn-per-ip-per-min={}",
+            num(l.max_instances),
+            num(l.max_per_source),
+            num(l.per_source_per_minute)
+        )?;
+        match l.rate {
+            Some(r) => write!(f, " rate={}/{}s", r.max, r.interval.as_secs())?,
+            None => write!(f, " rate=-")?,
+        }
+        match &self.handler {
+            Handler::Exec { program, argv } => write!(
+                f,
+                " program={} argv=[{}]",
+                program.display(),
+                display_argv(argv)
+            ),
+        }
+    }
+}
+
+/// Which configuration sources to read, from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub files: Vec<PathBuf>,
+    pub listen: Option<inetd::RawService>,
+}
+
+/// The outcome of loading: the services, and warnings about what was
+/// skipped (each naming file:line).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub services: Vec<Service>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads, parses and resolves every source. All errors are collected, so
+/// that one run of `--check` lists them all.
+pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
+    let mut raws = Vec::new();
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+    for file in &sources.files {
+        match read_file(file) {
+            Ok(text) => {
+                let parsed = inetd::parse(file, &text);
+                raws.extend(parsed.services);
+                warnings.extend(parsed.warnings);
+                errors.extend(parsed.errors);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(raw) = &sources.listen {
+        raws.push(raw.clone());
+    }
+    let mut resolver = resolve::Resolver::new();
+    let mut services = Vec::new();
+    for raw in &raws {
+        match resolver.resolve(raw) {
+            Ok((svc, mut w)) => {
+                warnings.append(&mut w);
+                services.push(svc);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    check_conflicts(&services, &mut errors);
+    if errors.is_empty() {
+        Ok(Loaded { services, warnings })
+    } else {
+        Err(errors)
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    let origin = Origin::new(path, 0);
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::new(&origin, None, e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;
+        ConfigError::new(&Origin::new(path, line), None, "not valid UTF-8")
+    })
+}
+
+/// Two services may not bind the same address: name both sources.
+fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
+    let mut seen: Vec<((SockType, SocketAddr, bool), &Service)> = Vec::new();
+    for svc in services {
+        for e in &svc.endpoints {
+            let key = e.bind_key();
+            if key.1.port() == 0 {
+                continue; // the kernel picks a fresh port for each
+            }
+            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+                errors.push(ConfigError::new(
+                    &svc.origin,
+                    Some("service"),
+                    format!(
+                        "{} {} is already bound by {} ({})",
+                        e.sock_type.as_str(),
+                        e.addr,
+                        other.label(),
+                        other.origin
+                    ),
+                ));
+            } else {
+                seen.push((key, svc));
+            }
+        }
+    }
+}
+
+/// A `CString` from config text that was already checked for NUL bytes.
+pub fn cstring(s: &str) -> CString {
+    CString::new(s).unwrap_or_else(|_| CString::new(s.replace('\0', "")).expect("no NUL left"))
+}

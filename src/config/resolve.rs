@@ -1,0 +1,351 @@
+//! Raw services → [`Service`]: ports from `/etc/services`, host names,
+//! users and groups (with `getgrouplist`), program paths.
+//!
+//! Owns: every name lookup doorman makes, all of them at load time, so that
+//! nothing is looked up while serving (and never in a forked child).
+//! Must not: bind or spawn anything.
+
+use std::ffi::CString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+use super::inetd::{Proto, RawBind, RawService};
+use super::{Creds, Endpoint, Handler, Service};
+use crate::error::ConfigError;
+
+/// The listen backlog when none is configured (what systemd uses).
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
+/// Resolves raw services, caching `/etc/services` across them.
+pub struct Resolver {
+    services_db: Option<Vec<(String, u16, String)>>,
+    services_path: PathBuf,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver::new()
+    }
+}
+
+impl Resolver {
+    pub fn new() -> Resolver {
+        Resolver {
+            services_db: None,
+            services_path: PathBuf::from("/etc/services"),
+        }
+    }
+
+    /// Turns one raw service into a validated one, or lists what is wrong.
+    pub fn resolve(
+        &mut self,
+        raw: &RawService,
+    ) -> Result<(Service, Vec<String>), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let origin = &raw.origin;
+
+        let mut endpoints = Vec::new();
+        for bind in &raw.binds {
+            match self.endpoints(raw, bind) {
+                Ok(mut e) => endpoints.append(&mut e),
+                Err(m) => errors.push(ConfigError::new(origin, Some("service"), m)),
+            }
+        }
+
+        let creds = match &raw.user {
+            Some(user) => match resolve_creds(user, raw.group.as_deref()) {
+                Ok(c) => Some(c),
+                Err((field, m)) => {
+                    errors.push(ConfigError::new(origin, Some(field), m));
+                    None
+                }
+            },
+            None => {
+                if let Some(g) = &raw.group {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("group"),
+                        format!("group {g:?} given without a user"),
+                    ));
+                }
+                None
+            }
+        };
+
+        let program = match resolve_program(&raw.program, raw.search_path) {
+            Ok(p) => p,
+            Err(m) => {
+                errors.push(ConfigError::new(origin, Some("server_program"), m));
+                PathBuf::new()
+            }
+        };
+        if errors.is_empty() && !is_executable(&program) {
+            warnings.push(format!(
+                "{origin}: {}: {} is not an executable file (yet); connections will fail until it is",
+                raw.name,
+                program.display()
+            ));
+        }
+        for (what, s) in std::iter::once(("server_program", &raw.program))
+            .chain(raw.argv.iter().map(|a| ("argv", a)))
+        {
+            if CString::new(s.as_str()).is_err() {
+                errors.push(ConfigError::new(origin, Some(what), "contains a NUL byte"));
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let svc = Service {
+            name: raw.name.clone(),
+            origin: origin.clone(),
+            endpoints,
+            mode: raw.mode,
+            handover: raw.handover,
+            handler: Handler::Exec {
+                program,
+                argv: raw.argv.clone(),
+            },
+            creds,
+            limits: raw.limits,
+            fd_name: raw.fd_name.clone().unwrap_or_else(|| "connection".into()),
+        };
+        Ok((svc, warnings))
+    }
+
+    fn endpoints(&mut self, raw: &RawService, bind: &RawBind) -> Result<Vec<Endpoint>, String> {
+        let port = self.port(&bind.port, "tcp")?;
+        let mk = |ip: IpAddr, v6only: bool, optional: bool| Endpoint {
+            sock_type: raw.sock_type,
+            addr: SocketAddr::new(ip, port),
+            v6only,
+            optional,
+            backlog: raw.backlog.unwrap_or(DEFAULT_BACKLOG),
+            sndbuf: raw.sndbuf,
+            rcvbuf: raw.rcvbuf,
+        };
+        let v4any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let v6any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let Some(host) = &bind.host else {
+            return Ok(match bind.proto {
+                Proto::Tcp => vec![mk(v4any, false, false), mk(v6any, true, true)],
+                Proto::Tcp4 => vec![mk(v4any, false, false)],
+                Proto::Tcp6 | Proto::Tcp6Only => vec![mk(v6any, true, false)],
+                Proto::Tcp46 => vec![mk(v6any, false, false)],
+            });
+        };
+        let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => resolve_host(host)?,
+        };
+        let mut out = Vec::new();
+        for ip in ips {
+            let e = match (bind.proto, ip) {
+                (Proto::Tcp | Proto::Tcp4 | Proto::Tcp46, IpAddr::V4(_)) => mk(ip, false, false),
+                (Proto::Tcp | Proto::Tcp6 | Proto::Tcp6Only, IpAddr::V6(_)) => mk(ip, true, false),
+                (Proto::Tcp46, IpAddr::V6(_)) => mk(ip, false, false),
+                (Proto::Tcp4, IpAddr::V6(_)) => continue,
+                (Proto::Tcp6 | Proto::Tcp6Only, IpAddr::V4(_)) => continue,
+            };
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "address {host:?} has no address of the protocol's family"
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A port number, or a name from `/etc/services` for `proto`.
+    pub fn port(&mut self, name: &str, proto: &str) -> Result<u16, String> {
+        if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+            return name
+                .parse::<u16>()
+                .map_err(|_| format!("port {name} is out of range (0-65535)"));
+        }
+        if self.services_db.is_none() {
+            let text = std::fs::read_to_string(&self.services_path).unwrap_or_default();
+            self.services_db = Some(parse_services(&text));
+        }
+        let db = self.services_db.as_ref().expect("just loaded");
+        db.iter()
+            .find(|(n, _, p)| n == name && p == proto)
+            .map(|(_, port, _)| *port)
+            .ok_or_else(|| {
+                format!(
+                    "unknown service {name:?} (not a number, not in {} for {proto})",
+                    self.services_path.display()
+                )
+            })
+    }
+}
+
+/// `/etc/services`: `name port/proto [aliases...] [# comment]`; every alias
+/// is entered as a name of its own. Malformed lines are passed over.
+pub fn parse_services(text: &str) -> Vec<(String, u16, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(pp)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Some((port, proto)) = pp.split_once('/') else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        for n in std::iter::once(name).chain(words) {
+            out.push((n.to_string(), port, proto.to_string()));
+        }
+    }
+    out
+}
+
+fn resolve_host(host: &str) -> Result<Vec<IpAddr>, String> {
+    let addrs = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve address {host:?}: {e}"))?;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for a in addrs {
+        if !ips.contains(&a.ip()) {
+            ips.push(a.ip());
+        }
+    }
+    Ok(ips)
+}
+
+/// User (name or number), optional group (name or number), and the
+/// supplementary group list as `initgroups` would set it.
+fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str, String)> {
+    let pw = if user.bytes().all(|b| b.is_ascii_digit()) {
+        let uid: u32 = user
+            .parse()
+            .map_err(|_| ("user", format!("uid {user} is out of range")))?;
+        User::from_uid(Uid::from_raw(uid)).ok().flatten()
+    } else {
+        User::from_name(user).ok().flatten()
+    };
+    let Some(pw) = pw else {
+        if user.bytes().all(|b| b.is_ascii_digit()) {
+            // A bare uid with no passwd entry: allowed (containers), with
+            // its own number as group unless one is given.
+            let uid: u32 = user.parse().expect("checked digits");
+            let gid = match group {
+                Some(g) => resolve_group(g)?,
+                None => uid,
+            };
+            return Ok(Creds {
+                user: user.to_string(),
+                uid,
+                gid,
+                groups: vec![gid],
+            });
+        }
+        return Err(("user", format!("unknown user {user:?}")));
+    };
+    let gid = match group {
+        Some(g) => resolve_group(g)?,
+        None => pw.gid.as_raw(),
+    };
+    let cname = CString::new(pw.name.as_str()).map_err(|_| ("user", "NUL in user name".into()))?;
+    let groups = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
+        .map_err(|e| ("user", format!("cannot list the groups of {user:?}: {}", e.desc())))?;
+    let mut groups: Vec<u32> = groups.into_iter().map(Gid::as_raw).collect();
+    groups.dedup();
+    Ok(Creds {
+        user: pw.name,
+        uid: pw.uid.as_raw(),
+        gid,
+        groups,
+    })
+}
+
+fn resolve_group(group: &str) -> Result<u32, (&'static str, String)> {
+    if let Ok(Some(g)) = Group::from_name(group) {
+        return Ok(g.gid.as_raw());
+    }
+    if !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()) {
+        return group
+            .parse()
+            .map_err(|_| ("group", format!("gid {group} is out of range")));
+    }
+    Err(("group", format!("unknown group {group:?}")))
+}
+
+/// Absolute paths stay as they are; with `search_path`, a bare name is
+/// looked up in `PATH` like `execvp` would, once, at load time.
+fn resolve_program(program: &str, search_path: bool) -> Result<PathBuf, String> {
+    if program.is_empty() {
+        return Err("empty program".into());
+    }
+    if program.contains('/') {
+        let p = Path::new(program);
+        if p.is_absolute() || !search_path {
+            return Ok(p.to_path_buf());
+        }
+        return std::env::current_dir()
+            .map(|d| d.join(p))
+            .map_err(|e| format!("cannot resolve {program:?}: {e}"));
+    }
+    if !search_path {
+        return Err(format!("{program:?} is not an absolute path"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if is_executable(&candidate) {
+            return Ok(if candidate.is_absolute() {
+                candidate
+            } else {
+                std::env::current_dir().map(|d| d.join(&candidate)).unwrap_or(candidate)
+            });
+        }
+    }
+    Err(format!("{program:?} not found in PATH"))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_file() {
+        let db = parse_services("# x\nftp\t\t21/tcp\nhttp 80/tcp www # WWW\nbad line\nx notaport/tcp\n");
+        assert!(db.contains(&("ftp".into(), 21, "tcp".into())));
+        assert!(db.contains(&("www".into(), 80, "tcp".into())));
+        assert_eq!(db.len(), 3);
+    }
+
+    #[test]
+    fn ports() {
+        let mut r = Resolver::new();
+        assert_eq!(r.port("9999", "tcp"), Ok(9999));
+        assert!(r.port("70000", "tcp").is_err());
+        r.services_db = Some(parse_services("echo 7/tcp\n"));
+        assert_eq!(r.port("echo", "tcp"), Ok(7));
+        assert!(r.port("nosuch", "tcp").unwrap_err().contains("nosuch"));
+    }
+
+    #[test]
+    fn creds_root() {
+        let c = resolve_creds("root", None).unwrap();
+        assert_eq!((c.uid, c.gid), (0, 0));
+        assert!(c.groups.contains(&0));
+        assert!(resolve_creds("no-such-user-xyz", None).is_err());
+        assert!(resolve_creds("root", Some("no-such-group-xyz")).is_err());
+    }
+}

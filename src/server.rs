@@ -1,0 +1,498 @@
+//! The event loop: the only `loop {}` in doorman.
+//!
+//! Owns: dispatch by token, accepting until `WouldBlock` (in fair batches),
+//! performing policy decisions, registering and deregistering listeners,
+//! deadlines (rate pauses, the `EMFILE` back-off), and shutdown.
+//! Must not: fork itself (spawn does) or parse text (config does).
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal as NixSignal};
+use nix::sys::socket::{self, SockaddrStorage};
+
+use crate::config::{Loaded, Service};
+use crate::error::Error;
+use crate::listen::{self, storage_to_std};
+use crate::policy::{Counters, Decision};
+use crate::reap::{Child, Children};
+use crate::signals::{self, Signal, Trap};
+use crate::spawn::image::{BaseEnv, Image, Launch, Peer};
+use crate::spawn::{self};
+
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
+/// Connections accepted from one listener before the others get a turn.
+const ACCEPT_BATCH: usize = 32;
+/// How long accepting pauses after `EMFILE`/`ENFILE`.
+const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Run-time options from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Write `READY\n` here once every socket is bound, then close it.
+    pub ready_fd: Option<RawFd>,
+    /// On SIGTERM/SIGINT, SIGTERM every handler's process group and wait
+    /// up to `stop_timeout` (then SIGKILL) before exiting.
+    pub stop_children: bool,
+    pub stop_timeout: Duration,
+}
+
+struct ServiceRt {
+    svc: Service,
+    image: Image,
+    counters: Counters,
+    paused_until: Option<Instant>,
+    listeners: Vec<usize>,
+}
+
+struct ListenerRt {
+    fd: OwnedFd,
+    local: SocketAddr,
+    /// Bound to a wildcard address: the connection's local address must be
+    /// asked of the kernel.
+    wildcard: bool,
+    service: usize,
+    registered: bool,
+}
+
+/// The daemon's whole state.
+pub struct Server {
+    poll: Poll,
+    trap: Trap,
+    services: Vec<ServiceRt>,
+    listeners: Vec<ListenerRt>,
+    children: Children,
+    base_env: BaseEnv,
+    devnull: OwnedFd,
+    emfile_until: Option<Instant>,
+    /// Listeners whose batch ran out before `WouldBlock`: served again
+    /// on the next turn of the loop.
+    backlog: Vec<usize>,
+    opts: Options,
+}
+
+impl Server {
+    /// Binds every service's endpoints. Any bind failure is fatal here
+    /// (start-up), naming service, address and config line.
+    pub fn start(loaded: Loaded, trap: Trap, opts: Options) -> Result<Server, Error> {
+        let poll = Poll::new().map_err(|e| Error::system("epoll_create", io_errno(&e)))?;
+        let devnull = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::system("open /dev/null", e))?;
+        // SAFETY: `open` just returned this fd and nothing else owns it.
+        let devnull = unsafe { OwnedFd::from_raw_fd(devnull) };
+        let reset = signals::to_reset_in_children();
+        let mut server = Server {
+            poll,
+            trap,
+            services: Vec::new(),
+            listeners: Vec::new(),
+            children: Children::default(),
+            base_env: BaseEnv::capture(),
+            devnull,
+            emfile_until: None,
+            backlog: Vec::new(),
+            opts,
+        };
+        for svc in loaded.services {
+            let idx = server.services.len();
+            let mut listeners = Vec::new();
+            for ep in &svc.endpoints {
+                match listen::bind(ep) {
+                    Ok(b) => {
+                        info!(
+                            "listen service={} addr={} proto={} mode=nowait handover={}",
+                            svc.label(),
+                            b.local,
+                            ep.proto(),
+                            svc.handover.as_str()
+                        );
+                        listeners.push(server.listeners.len());
+                        server.listeners.push(ListenerRt {
+                            fd: b.fd,
+                            local: b.local,
+                            wildcard: ep.addr.ip().is_unspecified(),
+                            service: idx,
+                            registered: false,
+                        });
+                    }
+                    Err((what, errno)) if ep.optional && listen::is_family_unsupported(errno) => {
+                        warn!(
+                            "{}: {what}: {} (skipped: no support for this address family) ({})",
+                            svc.label(),
+                            errno.desc(),
+                            svc.origin
+                        );
+                    }
+                    Err((what, errno)) => {
+                        return Err(Error::Bind(format!(
+                            "{}: {what}: {} ({})",
+                            svc.label(),
+                            errno.desc(),
+                            svc.origin
+                        )));
+                    }
+                }
+            }
+            let image = Image::new(&svc, &reset);
+            server.services.push(ServiceRt {
+                svc,
+                image,
+                counters: Counters::default(),
+                paused_until: None,
+                listeners,
+            });
+        }
+        server
+            .trap
+            .register(server.poll.registry(), SIGNAL_TOKEN)
+            .map_err(|e| Error::system("register signals", io_errno(&e)))?;
+        for i in 0..server.services.len() {
+            server.sync(i, Instant::now());
+        }
+        info!(
+            "ready services={} listeners={}",
+            server.services.len(),
+            server.listeners.len()
+        );
+        if let Some(fd) = server.opts.ready_fd {
+            // SAFETY: the caller handed us this fd to write readiness to
+            // and close; nothing else in doorman uses it.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            if let Err(e) = f.write_all(b"READY\n") {
+                warn!("--ready-fd {fd}: {e}");
+            }
+        }
+        Ok(server)
+    }
+
+    /// Serves until SIGTERM/SIGINT. Returns the exit status.
+    pub fn run(mut self) -> u8 {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            let timeout = if self.backlog.is_empty() {
+                self.next_deadline().map(|d| d.saturating_duration_since(now))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    error!("epoll_wait: {e}");
+                }
+                continue;
+            }
+            // Signals first: reaping frees capacity before we accept.
+            if events.iter().any(|e| e.token() == SIGNAL_TOKEN) {
+                for sig in self.trap.drain() {
+                    match sig {
+                        Signal::Child => self.reap(),
+                        Signal::Reload => warn!(
+                            "SIGHUP: reloading is not supported by this version; configuration unchanged"
+                        ),
+                        Signal::Dump => self.dump(),
+                        Signal::Stop => return self.stop(),
+                    }
+                }
+            }
+            let mut ready: Vec<usize> = std::mem::take(&mut self.backlog);
+            for ev in events.iter() {
+                if ev.token() != SIGNAL_TOKEN && !ready.contains(&ev.token().0) {
+                    ready.push(ev.token().0);
+                }
+            }
+            for l in ready {
+                if l < self.listeners.len() && self.listeners[l].registered {
+                    self.accept_batch(l);
+                }
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.services
+            .iter()
+            .filter_map(|s| s.paused_until)
+            .chain(self.emfile_until)
+            .min()
+    }
+
+    /// Ends rate pauses and the `EMFILE` back-off whose time has come.
+    fn expire(&mut self, now: Instant) {
+        if self.emfile_until.is_some_and(|t| t <= now) {
+            self.emfile_until = None;
+            info!("accept: resuming after file descriptor back-off");
+            for i in 0..self.services.len() {
+                self.sync(i, now);
+            }
+        }
+        for i in 0..self.services.len() {
+            if self.services[i].paused_until.is_some_and(|t| t <= now) {
+                self.services[i].paused_until = None;
+                info!("resume service={}", self.services[i].svc.label());
+                self.sync(i, now);
+            }
+        }
+    }
+
+    /// Registers or deregisters a service's listeners to match its state:
+    /// watched only when not paused, not at its instance limit and not in
+    /// the `EMFILE` back-off. A listener that becomes watched is drained
+    /// at once rather than waiting for a fresh edge.
+    fn sync(&mut self, s: usize, _now: Instant) {
+        let rt = &self.services[s];
+        let want = rt.paused_until.is_none()
+            && self.emfile_until.is_none()
+            && !rt.counters.at_capacity(&rt.svc.limits);
+        for li in rt.listeners.clone() {
+            let l = &mut self.listeners[li];
+            if l.registered == want {
+                continue;
+            }
+            let raw = l.fd.as_raw_fd();
+            let r = if want {
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&raw), Token(li), Interest::READABLE)
+            } else {
+                self.poll.registry().deregister(&mut SourceFd(&raw))
+            };
+            match r {
+                Ok(()) => {
+                    l.registered = want;
+                    if want && !self.backlog.contains(&li) {
+                        self.backlog.push(li);
+                    }
+                }
+                Err(e) => error!(
+                    "{}: {} {}: {e}",
+                    self.services[s].svc.label(),
+                    if want { "register" } else { "deregister" },
+                    l.local
+                ),
+            }
+        }
+    }
+
+    /// Accepts up to a batch of connections from listener `li`.
+    fn accept_batch(&mut self, li: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            let s = self.listeners[li].service;
+            if !self.listeners[li].registered {
+                return;
+            }
+            let lfd = self.listeners[li].fd.as_raw_fd();
+            // Accepted blocking (handlers expect it) and close-on-exec (no
+            // other handler may inherit it).
+            match socket::accept4(lfd, socket::SockFlag::SOCK_CLOEXEC) {
+                Ok(fd) => {
+                    // SAFETY: accept4 just returned this fd; we own it.
+                    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+                    self.serve(li, s, conn);
+                }
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO | Errno::EPERM) => continue,
+                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                    let now = Instant::now();
+                    if self.emfile_until.is_none() {
+                        warn!(
+                            "{}: accept: {} (pausing accepts for {} ms)",
+                            self.services[s].svc.label(),
+                            e.desc(),
+                            EMFILE_BACKOFF.as_millis()
+                        );
+                    }
+                    self.emfile_until = Some(now + EMFILE_BACKOFF);
+                    for i in 0..self.services.len() {
+                        self.sync(i, now);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!("{}: accept: {}", self.services[s].svc.label(), e.desc());
+                    return;
+                }
+            }
+        }
+        if !self.backlog.contains(&li) {
+            self.backlog.push(li);
+        }
+    }
+
+    /// One accepted connection: decide, then spawn or refuse.
+    fn serve(&mut self, li: usize, s: usize, conn: OwnedFd) {
+        let now = Instant::now();
+        let l = &self.listeners[li];
+        let remote = socket::getpeername::<SockaddrStorage>(conn.as_raw_fd())
+            .ok()
+            .and_then(|ss| storage_to_std(&ss));
+        let Some(remote) = remote else {
+            debug!("{}: connection gone before it could be served", self.services[s].svc.label());
+            return;
+        };
+        let local = if l.wildcard {
+            listen::local_addr(conn.as_raw_fd()).unwrap_or(l.local)
+        } else {
+            l.local
+        };
+        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+        let source: IpAddr = remote.ip();
+        let rt = &mut self.services[s];
+        match rt.counters.admit(&rt.svc.limits, Some(source), now) {
+            Decision::Admit => {}
+            Decision::Refuse(reason) => {
+                info!("refuse service={} peer={remote} reason={reason}", rt.svc.label());
+                return;
+            }
+            Decision::Pause(reason, until) => {
+                warn!(
+                    "pause service={} peer={remote} reason={reason} for={}s",
+                    rt.svc.label(),
+                    until.saturating_duration_since(now).as_secs()
+                );
+                rt.paused_until = Some(until);
+                self.sync(s, now);
+                return;
+            }
+        }
+        let peer = Peer { remote, local };
+        let mut launch = Launch::new(&rt.image, &self.base_env, conn.as_raw_fd(), &peer, self.devnull.as_raw_fd());
+        match spawn::spawn(&mut launch) {
+            Ok(pid) => {
+                info!("accept service={} peer={remote} pid={pid}", rt.svc.label());
+                self.children.insert(
+                    pid,
+                    Child {
+                        service: s,
+                        source: Some(source),
+                        peer: remote.to_string(),
+                        started: now,
+                    },
+                );
+            }
+            Err(e) => {
+                let crate::config::Handler::Exec { program, .. } = &rt.svc.handler;
+                error!(
+                    "{}: {} {}: {} (peer={remote})",
+                    rt.svc.label(),
+                    e.stage.map_or("fork", |st| st.as_str()),
+                    program.display(),
+                    e.errno.desc()
+                );
+                rt.counters.release(Some(source));
+            }
+        }
+        drop(conn);
+        if self.services[s].counters.at_capacity(&self.services[s].svc.limits) {
+            self.sync(s, now);
+        }
+    }
+
+    /// Reaps every exited child, logs it and frees its counts.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        for exit in self.children.reap_all(now) {
+            let Some(child) = exit.child else {
+                debug!("reaped orphan pid={} {}", exit.pid, exit.outcome);
+                continue;
+            };
+            let Some(rt) = self.services.get_mut(child.service) else {
+                continue;
+            };
+            info!(
+                "exit service={} pid={} {} duration={}ms",
+                rt.svc.label(),
+                exit.pid,
+                exit.outcome,
+                exit.duration.as_millis()
+            );
+            rt.counters.release(child.source);
+            self.sync(child.service, now);
+        }
+    }
+
+    /// SIGUSR1: one line per service and per running handler.
+    fn dump(&self) {
+        let now = Instant::now();
+        for rt in &self.services {
+            let addrs: Vec<String> = rt
+                .listeners
+                .iter()
+                .map(|&l| self.listeners[l].local.to_string())
+                .collect();
+            let state = match rt.paused_until {
+                Some(t) => format!("paused for {}s", t.saturating_duration_since(now).as_secs()),
+                None if rt.counters.at_capacity(&rt.svc.limits) => "full".to_string(),
+                None => "listening".to_string(),
+            };
+            info!(
+                "state service={} addrs={} state={state} running={} sources={}",
+                rt.svc.label(),
+                addrs.join(","),
+                rt.counters.running(),
+                rt.counters.sources_tracked()
+            );
+        }
+        for (pid, c) in self.children.iter() {
+            info!(
+                "state child pid={pid} service={} peer={} age={}ms",
+                self.services.get(c.service).map_or("?".into(), |s| s.svc.label()),
+                c.peer,
+                now.duration_since(c.started).as_millis()
+            );
+        }
+    }
+
+    /// SIGTERM/SIGINT: close every listener, optionally stop handlers, exit 0.
+    fn stop(mut self) -> u8 {
+        info!("stop: closing {} listeners", self.listeners.len());
+        self.listeners.clear();
+        if !self.opts.stop_children || self.children.is_empty() {
+            if !self.children.is_empty() {
+                info!("stop: leaving {} handlers running", self.children.len());
+            }
+            return 0;
+        }
+        for (pid, _) in self.children.iter() {
+            let _ = killpg(pid, NixSignal::SIGTERM);
+        }
+        info!(
+            "stop: sent SIGTERM to {} handlers, waiting up to {}s",
+            self.children.len(),
+            self.opts.stop_timeout.as_secs()
+        );
+        let deadline = Instant::now() + self.opts.stop_timeout;
+        let mut events = Events::with_capacity(16);
+        while !self.children.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                let left: Vec<nix::unistd::Pid> = self.children.iter().map(|(p, _)| p).collect();
+                for pid in left {
+                    warn!("stop: pid={pid} still running, sending SIGKILL");
+                    let _ = killpg(pid, NixSignal::SIGKILL);
+                    let _ = nix::sys::signal::kill(pid, NixSignal::SIGKILL);
+                    let _ = nix::sys::wait::waitpid(pid, None);
+                }
+                break;
+            }
+            let _ = self.poll.poll(&mut events, Some(deadline - now));
+            let _ = self.trap.drain();
+            self.reap();
+        }
+        0
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(0))
+}

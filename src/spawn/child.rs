@@ -1,0 +1,239 @@
+//! The only code that runs between `fork()` and `execve()`.
+//!
+//! # The child contract
+//!
+//! 1. **Prepared in the parent:** the program path, NULL-terminated argv and
+//!    envp pointer arrays, the `LISTEN_PID=` entry with a fixed-width digit
+//!    slot, the supplementary group list (from `getgrouplist`, never
+//!    `initgroups` here), the fd moves as a fixed array, the list of signals
+//!    to reset, and a close-on-exec error pipe. See [`super::image`].
+//! 2. **Allowed here:** raw system calls through `libc` only: `sigprocmask`,
+//!    `sigaction`, `setsid`, `dup2`, `fcntl`, `setgroups` → `setgid` →
+//!    `setuid` (in that order) and their verification with `getuid` and
+//!    friends, `getpid`, `write`, `execve`, `_exit`. Nothing else: no
+//!    allocation, no logging, no locks, no `CString::new`, no `format!`, no
+//!    `nix::unistd::execve` (it allocates).
+//! 3. **Fd rule:** a move whose source is its destination clears
+//!    `FD_CLOEXEC` explicitly (`dup2` to itself would leave it set). The
+//!    connection was accepted blocking, so no `O_NONBLOCK` is left on it.
+//! 4. **Failure path:** write one stage byte and the 4 errno bytes to the
+//!    pipe, then `_exit(127)`.
+//! 5. **Never return:** [`exec_child`] is `-> !`; a child that returned
+//!    would become a second doorman running the event loop.
+
+use std::os::fd::RawFd;
+
+use libc::{c_char, c_int, gid_t, pid_t, uid_t};
+
+/// Which step failed, as sent on the error pipe (the first byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    Signals = 1,
+    Setsid = 2,
+    Dup2 = 3,
+    Cloexec = 4,
+    Setgroups = 5,
+    Setgid = 6,
+    Setuid = 7,
+    VerifyCreds = 8,
+    Exec = 9,
+}
+
+impl Stage {
+    pub fn from_byte(b: u8) -> Option<Stage> {
+        Some(match b {
+            1 => Stage::Signals,
+            2 => Stage::Setsid,
+            3 => Stage::Dup2,
+            4 => Stage::Cloexec,
+            5 => Stage::Setgroups,
+            6 => Stage::Setgid,
+            7 => Stage::Setuid,
+            8 => Stage::VerifyCreds,
+            9 => Stage::Exec,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Signals => "reset signals",
+            Stage::Setsid => "setsid",
+            Stage::Dup2 => "dup2",
+            Stage::Cloexec => "clear close-on-exec",
+            Stage::Setgroups => "setgroups",
+            Stage::Setgid => "setgid",
+            Stage::Setuid => "setuid",
+            Stage::VerifyCreds => "verify credentials",
+            Stage::Exec => "exec",
+        }
+    }
+}
+
+/// At most this many fd moves (0, 1, 2 and 3).
+pub const MAX_MOVES: usize = 4;
+/// At most this many signals reset to their default disposition.
+pub const MAX_SIGNALS: usize = 64;
+
+/// Credentials to switch to, as plain numbers and a pointer to the group list.
+#[derive(Clone, Copy)]
+pub struct RawCreds {
+    pub uid: uid_t,
+    pub gid: gid_t,
+    pub groups: *const gid_t,
+    pub ngroups: usize,
+    /// Whether to call `setgroups` (only root may).
+    pub set_groups: bool,
+}
+
+/// Everything the child needs, as raw pointers into memory the parent
+/// prepared and keeps alive across the fork. Plain data: no destructor
+/// runs in the child.
+pub struct ChildPlan {
+    pub path: *const c_char,
+    pub argv: *const *const c_char,
+    pub envp: *const *const c_char,
+    /// (source, destination) pairs, applied in order.
+    pub moves: [(RawFd, RawFd); MAX_MOVES],
+    pub nmoves: usize,
+    /// Signals whose disposition is reset to `SIG_DFL`.
+    pub reset_signals: [c_int; MAX_SIGNALS],
+    pub nsignals: usize,
+    /// The digit slot of the `LISTEN_PID=` entry: (start, width). The child
+    /// writes its pid there, then a NUL.
+    pub listen_pid_slot: Option<(*mut u8, usize)>,
+    pub creds: Option<RawCreds>,
+    /// Write end of the close-on-exec error pipe.
+    pub err_fd: RawFd,
+}
+
+/// Reports `stage` and the current errno on the error pipe and exits 127.
+///
+/// # Safety
+/// Only async-signal-safe calls: `write` and `_exit`.
+unsafe fn fail(err_fd: RawFd, stage: Stage, errno: c_int) -> ! {
+    let e = errno.to_ne_bytes();
+    let msg = [stage as u8, e[0], e[1], e[2], e[3]];
+    // A short or failed write leaves the parent reading 0 bytes, which it
+    // can tell apart from success by the exit status 127 when it reaps.
+    let _ = libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+    libc::_exit(127)
+}
+
+fn errno() -> c_int {
+    // SAFETY: `__errno_location` returns the calling thread's errno slot,
+    // valid for the life of the thread; reading it is async-signal-safe.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Writes `pid` in decimal into `slot` (of `width` bytes) followed by a NUL.
+/// No allocation: digits are produced right to left on the stack.
+///
+/// # Safety
+/// `slot` must point to at least `width + 1` writable bytes.
+pub unsafe fn write_pid(slot: *mut u8, width: usize, pid: pid_t) {
+    let mut buf = [0u8; 20];
+    let mut n = pid.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    let digits = &buf[i..];
+    let len = digits.len().min(width);
+    for (k, d) in digits[..len].iter().enumerate() {
+        *slot.add(k) = *d;
+    }
+    *slot.add(len) = 0;
+}
+
+/// Turns the forked child into the handler. Never returns.
+///
+/// # Safety
+/// Must be called only in a child just created by `fork()` from a
+/// single-threaded parent, with a `plan` whose pointers all point into
+/// memory the parent prepared (valid, NUL-terminated where C expects it).
+pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
+    // Signals: an empty mask and default dispositions for what doorman
+    // ignored (SIGPIPE, and anything ignored when doorman started). Caught
+    // signals are reset by execve itself.
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+        fail(plan.err_fd, Stage::Signals, errno());
+    }
+    for &sig in &plan.reset_signals[..plan.nsignals] {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+            fail(plan.err_fd, Stage::Signals, errno());
+        }
+    }
+
+    // A session (and process group) of its own, so that the handler is
+    // not in doorman's and can be signalled as a group.
+    if libc::setsid() < 0 {
+        fail(plan.err_fd, Stage::Setsid, errno());
+    }
+
+    for &(src, dst) in &plan.moves[..plan.nmoves] {
+        if src == dst {
+            if libc::fcntl(dst, libc::F_SETFD, 0) < 0 {
+                fail(plan.err_fd, Stage::Cloexec, errno());
+            }
+        } else if libc::dup2(src, dst) < 0 {
+            fail(plan.err_fd, Stage::Dup2, errno());
+        }
+    }
+
+    if let Some(c) = plan.creds {
+        if c.set_groups && libc::setgroups(c.ngroups, c.groups) != 0 {
+            fail(plan.err_fd, Stage::Setgroups, errno());
+        }
+        if libc::setgid(c.gid) != 0 {
+            fail(plan.err_fd, Stage::Setgid, errno());
+        }
+        if libc::setuid(c.uid) != 0 {
+            fail(plan.err_fd, Stage::Setuid, errno());
+        }
+        // Verify: all ids are the target ones, and a dropped root cannot
+        // come back.
+        if libc::getuid() != c.uid
+            || libc::geteuid() != c.uid
+            || libc::getgid() != c.gid
+            || libc::getegid() != c.gid
+            || (c.uid != 0 && libc::setuid(0) == 0)
+        {
+            fail(plan.err_fd, Stage::VerifyCreds, libc::EPERM);
+        }
+    }
+
+    if let Some((slot, width)) = plan.listen_pid_slot {
+        write_pid(slot, width, libc::getpid());
+    }
+
+    libc::execve(plan.path, plan.argv, plan.envp);
+    fail(plan.err_fd, Stage::Exec, errno())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_digits() {
+        let mut buf = [b'x'; 21];
+        // SAFETY: the buffer has width + 1 bytes.
+        unsafe { write_pid(buf.as_mut_ptr(), 20, 4194304) };
+        assert_eq!(&buf[..8], b"4194304\0");
+        // SAFETY: as above.
+        unsafe { write_pid(buf.as_mut_ptr(), 20, 7) };
+        assert_eq!(&buf[..2], b"7\0");
+    }
+}
