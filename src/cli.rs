@@ -142,7 +142,8 @@ impl Args {
         let usage = |m: String| Error::Usage(m);
         let Some(program) = self.command.first() else {
             return Err(usage(
-                "--listen needs a program to run: doorman --listen ADDR -- PROGRAM [ARGS...]".into(),
+                "--listen needs a program to run: doorman --listen ADDR -- PROGRAM [ARGS...]"
+                    .into(),
             ));
         };
         let mut binds = Vec::new();
@@ -157,11 +158,16 @@ impl Args {
         let base = program.rsplit('/').next().unwrap_or(program);
         let name = self.name.clone().unwrap_or_else(|| base.to_string());
         if name.is_empty() || name.contains(char::is_whitespace) || name.contains(':') {
-            return Err(usage(format!("--name {name:?}: expected a word without ':'")));
+            return Err(usage(format!(
+                "--name {name:?}: expected a word without ':'"
+            )));
         }
         let limits = Limits {
             max_instances: self.max_instances.filter(|&n| n > 0),
-            rate: self.rate.filter(|&n| n > 0).map(|max| Rate { max, ..DEFAULT_RATE }),
+            rate: self.rate.filter(|&n| n > 0).map(|max| Rate {
+                max,
+                ..DEFAULT_RATE
+            }),
             ..Limits::default()
         };
         Ok(RawService {

@@ -85,7 +85,10 @@ pub enum Error {
     /// A service could not be bound at start-up.
     Bind(String),
     /// A system call failed where doorman cannot go on.
-    System { what: String, errno: nix::errno::Errno },
+    System {
+        what: String,
+        errno: nix::errno::Errno,
+    },
 }
 
 impl Error {

@@ -35,15 +35,27 @@ pub fn bind(e: &Endpoint) -> Result<Bound, (String, Errno)> {
     let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
     let fd = socket::socket(family, ty, flags, None).map_err(|e| ("socket".to_string(), e))?;
     let opt = |what: &str, r: nix::Result<()>| r.map_err(|e| (format!("setsockopt {what}"), e));
-    opt("SO_REUSEADDR", socket::setsockopt(&fd, sockopt::ReuseAddr, &true))?;
+    opt(
+        "SO_REUSEADDR",
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true),
+    )?;
     if family == AddressFamily::Inet6 {
-        opt("IPV6_V6ONLY", socket::setsockopt(&fd, sockopt::Ipv6V6Only, &e.v6only))?;
+        opt(
+            "IPV6_V6ONLY",
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &e.v6only),
+        )?;
     }
     if let Some(n) = e.sndbuf {
-        opt("SO_SNDBUF", socket::setsockopt(&fd, sockopt::SndBuf, &(n as usize)))?;
+        opt(
+            "SO_SNDBUF",
+            socket::setsockopt(&fd, sockopt::SndBuf, &(n as usize)),
+        )?;
     }
     if let Some(n) = e.rcvbuf {
-        opt("SO_RCVBUF", socket::setsockopt(&fd, sockopt::RcvBuf, &(n as usize)))?;
+        opt(
+            "SO_RCVBUF",
+            socket::setsockopt(&fd, sockopt::RcvBuf, &(n as usize)),
+        )?;
     }
     let bound = match e.addr {
         SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a)),

@@ -38,9 +38,15 @@ impl fmt::Display for Reason {
                 "rate: more than {max} connections in {}s (looping?)",
                 interval.as_secs()
             ),
-            Reason::SourceRate { max } => write!(f, "per-source-rate: more than {max} connections per minute from this source"),
+            Reason::SourceRate { max } => write!(
+                f,
+                "per-source-rate: more than {max} connections per minute from this source"
+            ),
             Reason::SourceInstances { max } => {
-                write!(f, "per-source-instances: {max} handlers already running for this source")
+                write!(
+                    f,
+                    "per-source-instances: {max} handlers already running for this source"
+                )
             }
         }
     }
@@ -204,7 +210,10 @@ mod tests {
         let mut c = Counters::default();
         let t0 = Instant::now();
         for i in 0..5 {
-            assert_eq!(c.admit(&l, None, t0 + Duration::from_secs(i)), Decision::Admit);
+            assert_eq!(
+                c.admit(&l, None, t0 + Duration::from_secs(i)),
+                Decision::Admit
+            );
         }
         let t = t0 + Duration::from_secs(10);
         assert_eq!(
@@ -218,13 +227,19 @@ mod tests {
             )
         );
         // After the pause a fresh window starts.
-        assert_eq!(c.admit(&l, None, t + Duration::from_secs(600)), Decision::Admit);
+        assert_eq!(
+            c.admit(&l, None, t + Duration::from_secs(600)),
+            Decision::Admit
+        );
         // A window that has elapsed restarts the count.
         let mut c = Counters::default();
         for _ in 0..5 {
             c.admit(&l, None, t0);
         }
-        assert_eq!(c.admit(&l, None, t0 + Duration::from_secs(60)), Decision::Admit);
+        assert_eq!(
+            c.admit(&l, None, t0 + Duration::from_secs(60)),
+            Decision::Admit
+        );
     }
 
     #[test]
@@ -270,6 +285,10 @@ mod tests {
         }
         let later = t + MINUTE;
         c.admit(&l, ip("10.9.9.9"), later);
-        assert!(c.sources_tracked() <= SOURCE_PRUNE_AT, "{}", c.sources_tracked());
+        assert!(
+            c.sources_tracked() <= SOURCE_PRUNE_AT,
+            "{}",
+            c.sources_tracked()
+        );
     }
 }

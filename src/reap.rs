@@ -85,7 +85,9 @@ impl Children {
         loop {
             let (pid, outcome) = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Outcome::Exited(code)),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => (pid, Outcome::Signaled(sig as i32, core)),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => {
+                    (pid, Outcome::Signaled(sig as i32, core))
+                }
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => continue, // stopped/continued: not an exit
                 Err(Errno::EINTR) => continue,

@@ -181,7 +181,8 @@ impl Server {
         loop {
             let now = Instant::now();
             let timeout = if self.backlog.is_empty() {
-                self.next_deadline().map(|d| d.saturating_duration_since(now))
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(now))
             } else {
                 Some(Duration::ZERO)
             };
@@ -337,7 +338,10 @@ impl Server {
             .ok()
             .and_then(|ss| storage_to_std(&ss));
         let Some(remote) = remote else {
-            debug!("{}: connection gone before it could be served", self.services[s].svc.label());
+            debug!(
+                "{}: connection gone before it could be served",
+                self.services[s].svc.label()
+            );
             return;
         };
         let local = if l.wildcard {
@@ -351,7 +355,10 @@ impl Server {
         match rt.counters.admit(&rt.svc.limits, Some(source), now) {
             Decision::Admit => {}
             Decision::Refuse(reason) => {
-                info!("refuse service={} peer={remote} reason={reason}", rt.svc.label());
+                info!(
+                    "refuse service={} peer={remote} reason={reason}",
+                    rt.svc.label()
+                );
                 return;
             }
             Decision::Pause(reason, until) => {
@@ -366,7 +373,13 @@ impl Server {
             }
         }
         let peer = Peer { remote, local };
-        let mut launch = Launch::new(&rt.image, &self.base_env, conn.as_raw_fd(), &peer, self.devnull.as_raw_fd());
+        let mut launch = Launch::new(
+            &rt.image,
+            &self.base_env,
+            conn.as_raw_fd(),
+            &peer,
+            self.devnull.as_raw_fd(),
+        );
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
                 info!("accept service={} peer={remote} pid={pid}", rt.svc.label());
@@ -393,7 +406,10 @@ impl Server {
             }
         }
         drop(conn);
-        if self.services[s].counters.at_capacity(&self.services[s].svc.limits) {
+        if self.services[s]
+            .counters
+            .at_capacity(&self.services[s].svc.limits)
+        {
             self.sync(s, now);
         }
     }
@@ -446,7 +462,9 @@ impl Server {
         for (pid, c) in self.children.iter() {
             info!(
                 "state child pid={pid} service={} peer={} age={}ms",
-                self.services.get(c.service).map_or("?".into(), |s| s.svc.label()),
+                self.services
+                    .get(c.service)
+                    .map_or("?".into(), |s| s.svc.label()),
                 c.peer,
                 now.duration_since(c.started).as_millis()
             );
@@ -456,7 +474,11 @@ impl Server {
     /// SIGTERM/SIGINT: close every listener, optionally stop handlers, exit 0.
     fn stop(mut self) -> u8 {
         info!("stop: closing {} listeners", self.listeners.len());
-        self.listeners.clear();
+        for rt in &mut self.services {
+            rt.listeners.clear();
+        }
+        self.backlog.clear();
+        self.listeners.clear(); // closes every listening socket
         if !self.opts.stop_children || self.children.is_empty() {
             if !self.children.is_empty() {
                 info!("stop: leaving {} handlers running", self.children.len());

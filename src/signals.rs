@@ -72,7 +72,8 @@ pub fn to_reset_in_children() -> Vec<c_int> {
         // disposition into a zeroed struct we own.
         let ignored = unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
         };
         if ignored {
             out.push(sig);

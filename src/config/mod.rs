@@ -179,7 +179,10 @@ pub fn display_argv(argv: &[String]) -> String {
         if i > 0 {
             out.push(' ');
         }
-        if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+        if a.is_empty()
+            || a.chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+        {
             out.push('"');
             for c in a.chars() {
                 if c == '"' || c == '\\' {
@@ -201,7 +204,13 @@ impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name)?;
         for e in &self.endpoints {
-            write!(f, " listen={}:{}:{}", e.sock_type.as_str(), e.proto(), e.addr)?;
+            write!(
+                f,
+                " listen={}:{}:{}",
+                e.sock_type.as_str(),
+                e.proto(),
+                e.addr
+            )?;
             if e.optional {
                 write!(f, "?")?;
             }

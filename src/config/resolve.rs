@@ -257,8 +257,12 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
         None => pw.gid.as_raw(),
     };
     let cname = CString::new(pw.name.as_str()).map_err(|_| ("user", "NUL in user name".into()))?;
-    let groups = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
-        .map_err(|e| ("user", format!("cannot list the groups of {user:?}: {}", e.desc())))?;
+    let groups = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid)).map_err(|e| {
+        (
+            "user",
+            format!("cannot list the groups of {user:?}: {}", e.desc()),
+        )
+    })?;
     let mut groups: Vec<u32> = groups.into_iter().map(Gid::as_raw).collect();
     groups.dedup();
     Ok(Creds {
@@ -306,7 +310,9 @@ fn resolve_program(program: &str, search_path: bool) -> Result<PathBuf, String> 
             return Ok(if candidate.is_absolute() {
                 candidate
             } else {
-                std::env::current_dir().map(|d| d.join(&candidate)).unwrap_or(candidate)
+                std::env::current_dir()
+                    .map(|d| d.join(&candidate))
+                    .unwrap_or(candidate)
             });
         }
     }
@@ -324,7 +330,8 @@ mod tests {
 
     #[test]
     fn services_file() {
-        let db = parse_services("# x\nftp\t\t21/tcp\nhttp 80/tcp www # WWW\nbad line\nx notaport/tcp\n");
+        let db =
+            parse_services("# x\nftp\t\t21/tcp\nhttp 80/tcp www # WWW\nbad line\nx notaport/tcp\n");
         assert!(db.contains(&("ftp".into(), 21, "tcp".into())));
         assert!(db.contains(&("www".into(), 80, "tcp".into())));
         assert_eq!(db.len(), 3);

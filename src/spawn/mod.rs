@@ -72,12 +72,7 @@ pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     }
     // The child failed before exec and is exiting with 127: reap it now,
     // so that it never shows up as a connection's handler.
-    loop {
-        match waitpid(pid, None) {
-            Err(Errno::EINTR) => continue,
-            _ => break,
-        }
-    }
+    while let Err(Errno::EINTR) = waitpid(pid, None) {}
     let stage = Stage::from_byte(buf[0]);
     let errno = if got == buf.len() {
         Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]))

@@ -1,0 +1,7 @@
+//! One integration-test binary: every test starts the real `doorman` on
+//! loopback and talks to it as a client would.
+
+mod check;
+mod cli;
+mod nowait;
+mod util;
