@@ -3,5 +3,6 @@
 
 mod check;
 mod cli;
+mod examples;
 mod nowait;
 mod util;

@@ -1,0 +1,29 @@
+//! The shipped example configuration really runs (on free ports).
+
+use crate::util::*;
+
+#[test]
+fn conf_doorman_conf_serves_its_services() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/conf/doorman.conf")).unwrap();
+    let (code, out, err) = run(&["--check", "-f", &format!("{root}/conf/doorman.conf")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    // Same file, ports 9999/9998 replaced by 0 (IPv6 line dropped on hosts without it).
+    let v6 = have_ipv6();
+    let conf: String = text
+        .lines()
+        .filter(|l| v6 || !l.starts_with('['))
+        .map(|l| l.replace(":9999 ", ":0    ").replace(":9998 ", ":0    ") + "\n")
+        .collect();
+    let d = Doorman::with_conf(TempDir::new(), &conf, &[]);
+    assert_eq!(d.addrs.len(), if v6 { 3 } else { 2 });
+    let hello = talk(d.addr(0), b"");
+    assert!(hello.starts_with("Hello 127.0.0.1:"), "{hello}\n{}", d.log.text());
+    assert!(hello.contains(&format!("on 127.0.0.1:{}, handler pid", d.addr(0).port())), "{hello}");
+    if v6 {
+        assert!(talk(d.addr(1), b"").starts_with("Hello ::1:"));
+    }
+    let echo = d.addrs[d.addrs.len() - 1];
+    assert_eq!(talk(echo, b"ping\n"), "ping\n");
+}
