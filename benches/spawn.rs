@@ -89,7 +89,10 @@ fn start_doorman() -> (std::process::Child, SocketAddr) {
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(i) = line.find("addr=") {
-            addr = line[i + 5..].split_whitespace().next().map(|a| a.parse().unwrap());
+            addr = line[i + 5..]
+                .split_whitespace()
+                .next()
+                .map(|a| a.parse().unwrap());
         }
         if line.contains("ready") {
             break;

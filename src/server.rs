@@ -71,6 +71,9 @@ pub struct Server {
     base_env: BaseEnv,
     devnull: OwnedFd,
     emfile_until: Option<Instant>,
+    /// The `EMFILE` warning was logged and no accept has succeeded since:
+    /// one line per episode, not one per back-off.
+    emfile_warned: bool,
     /// Listeners whose batch ran out before `WouldBlock`: served again
     /// on the next turn of the loop.
     backlog: Vec<usize>,
@@ -100,6 +103,7 @@ impl Server {
             base_env: BaseEnv::capture(),
             devnull,
             emfile_until: None,
+            emfile_warned: false,
             backlog: Vec::new(),
             opts,
         };
@@ -232,7 +236,7 @@ impl Server {
     fn expire(&mut self, now: Instant) {
         if self.emfile_until.is_some_and(|t| t <= now) {
             self.emfile_until = None;
-            info!("accept: resuming after file descriptor back-off");
+            debug!("accept: retrying after file descriptor back-off");
             for i in 0..self.services.len() {
                 self.sync(i, now);
             }
@@ -299,13 +303,18 @@ impl Server {
                 Ok(fd) => {
                     // SAFETY: accept4 just returned this fd; we own it.
                     let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+                    if self.emfile_warned {
+                        self.emfile_warned = false;
+                        info!("accept: file descriptors available again");
+                    }
                     self.serve(li, s, conn);
                 }
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO | Errno::EPERM) => continue,
                 Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
                     let now = Instant::now();
-                    if self.emfile_until.is_none() {
+                    if !self.emfile_warned {
+                        self.emfile_warned = true;
                         warn!(
                             "{}: accept: {} (pausing accepts for {} ms)",
                             self.services[s].svc.label(),

@@ -19,8 +19,15 @@ fn conf_doorman_conf_serves_its_services() {
     let d = Doorman::with_conf(TempDir::new(), &conf, &[]);
     assert_eq!(d.addrs.len(), if v6 { 3 } else { 2 });
     let hello = talk(d.addr(0), b"");
-    assert!(hello.starts_with("Hello 127.0.0.1:"), "{hello}\n{}", d.log.text());
-    assert!(hello.contains(&format!("on 127.0.0.1:{}, handler pid", d.addr(0).port())), "{hello}");
+    assert!(
+        hello.starts_with("Hello 127.0.0.1:"),
+        "{hello}\n{}",
+        d.log.text()
+    );
+    assert!(
+        hello.contains(&format!("on 127.0.0.1:{}, handler pid", d.addr(0).port())),
+        "{hello}"
+    );
     if v6 {
         assert!(talk(d.addr(1), b"").starts_with("Hello ::1:"));
     }

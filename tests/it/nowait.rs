@@ -467,3 +467,123 @@ fn stop_children_terminates_handlers() {
         d.log.text()
     );
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn set_nofile(pid: i32, soft: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit on a child we started, with valid pointers.
+    let r = unsafe {
+        let mut cur = old;
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut cur);
+        old = cur;
+        let new = libc::rlimit {
+            rlim_max: old.rlim_max,
+            ..new
+        };
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut())
+    };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn emfile_backs_off_quietly_and_recovers() {
+    let d = Doorman::with_conf(
+        TempDir::new(),
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo ok\n",
+        &[],
+    );
+    assert_eq!(talk(d.addr(0), b""), "ok\n");
+    // No fd left under the limit: every accept fails with EMFILE.
+    let open: Vec<u64> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    set_nofile(d.pid(), lowest_free);
+    let mut s = connect(d.addr(0));
+    let warn = d
+        .log
+        .wait_for(&["accept: Too many open files (pausing accepts"], DEADLINE);
+    assert!(warn.is_some(), "{}", d.log.text());
+    // While the client waits, doorman does not spin: under 10% of a CPU
+    // over a second, and the warning is not repeated.
+    let t0 = cpu_ticks(d.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(d.pid()) - t0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(used * 10 < hz, "doorman used {used} ticks of {hz} in 1 s");
+    assert_eq!(d.log.count(&["pausing accepts"]), 1, "{}", d.log.text());
+    // Fds free again: the waiting client is served.
+    set_nofile(d.pid(), 1024);
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "ok\n");
+    assert!(d
+        .log
+        .wait_for(&["file descriptors available again"], DEADLINE)
+        .is_some());
+}
+
+#[test]
+fn idle_doorman_sleeps_without_timeout() {
+    let d = Doorman::with_conf(
+        TempDir::new(),
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo ok\n",
+        &[],
+    );
+    let trace = d.dir.path().join("strace.out");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-p", &d.pid().to_string(), "-o", trace.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace is required (apt-get install strace)");
+    let mut err = BufReader::new(strace.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("attached"), "strace: {line}");
+    // One connection wakes it; then it must go back to an epoll_wait with
+    // no timeout and make no other system call while idle.
+    assert_eq!(talk(d.addr(0), b""), "ok\n");
+    assert!(d.log.wait_for(&["exit service="], DEADLINE).is_some());
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling the strace we started, by pid.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    wait_child(&mut strace, DEADLINE).unwrap();
+    let out = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("---") && !l.starts_with("+++") && !l.contains("resumed>"))
+        .collect();
+    assert!(calls.iter().any(|l| l.starts_with("accept4(")), "{out}");
+    let last = calls.last().unwrap();
+    assert!(
+        last.starts_with("epoll_wait(") && last.contains("<detached"),
+        "{out}"
+    );
+    // Every epoll_wait after the connection was served blocks forever.
+    let waits: Vec<&&str> = calls
+        .iter()
+        .filter(|l| l.starts_with("epoll_wait(") && l.contains(" = "))
+        .collect();
+    let last_done = waits.last().expect("a completed epoll_wait");
+    assert!(last_done.contains(", -1) = "), "{out}");
+}
