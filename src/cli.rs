@@ -18,12 +18,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/doorman.conf";
 
 #[derive(FromArgs, Debug)]
 /// doorman: an inetd-style super-server. Listens on behalf of services and
-/// starts a handler for each connection.
-///
-/// Examples:
-///   doorman -f /etc/inetd.conf
-///   doorman --listen 127.0.0.1:9999 -- /usr/local/bin/handler arg1
-///   doorman --check -f conf/doorman.conf
+/// starts a handler for each connection (see doorman(8)).
 pub struct Args {
     /// configuration file in inetd.conf syntax (repeatable; default /etc/doorman.conf)
     #[argh(option, short = 'f')]
@@ -98,6 +93,28 @@ pub struct Plan {
 }
 
 impl Args {
+    /// Parses the process's arguments. `--help` prints to stdout and
+    /// returns `Err(0)`; a parse error prints to stderr and returns
+    /// `Err(2)` (usage), the exit status to use.
+    pub fn from_env() -> Result<Args, u8> {
+        let argv: Vec<String> = std::env::args().collect();
+        let cmd = argv
+            .first()
+            .map(|a| a.rsplit('/').next().unwrap_or(a))
+            .unwrap_or("doorman");
+        let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+        <Args as FromArgs>::from_args(&[cmd], &rest).map_err(|early| match early.status {
+            Ok(()) => {
+                println!("{}", early.output);
+                crate::error::EXIT_OK
+            }
+            Err(()) => {
+                eprintln!("{}", early.output);
+                crate::error::EXIT_USAGE
+            }
+        })
+    }
+
     /// Checks the flags against each other and builds the plan.
     pub fn plan(&self) -> Result<Plan, Error> {
         let usage = |m: &str| Error::Usage(m.to_string());
@@ -109,6 +126,9 @@ impl Args {
             ("--group", self.group.is_some()),
             ("--name", self.name.is_some()),
         ];
+        if self.group.is_some() && self.user.is_none() {
+            return Err(usage("--group needs --user"));
+        }
         let listen = if self.listen.is_empty() {
             if let Some((flag, _)) = listen_only.iter().find(|(_, on)| *on) {
                 return Err(usage(&format!("{flag} applies to --listen only")));

@@ -17,7 +17,10 @@ use std::process::ExitCode;
 use error::{Error, EXIT_OK};
 
 fn main() -> ExitCode {
-    let args: cli::Args = argh::from_env();
+    let args = match cli::Args::from_env() {
+        Ok(a) => a,
+        Err(code) => return ExitCode::from(code),
+    };
     if args.version {
         println!("doorman {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::from(EXIT_OK);

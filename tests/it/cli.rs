@@ -99,6 +99,14 @@ fn usage_errors_exit_two() {
             "--handover \"pipe\"",
         ),
         (&["-f", "/dev/null", "/bin/true"][..], "without --listen"),
+        (
+            &["--no-such-flag"][..],
+            "Unrecognized argument: --no-such-flag",
+        ),
+        (
+            &["--listen", "0", "--group", "root", "--", "/bin/true"][..],
+            "--group needs --user",
+        ),
     ] {
         let (code, _, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {err}");
