@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::config::inetd::{self, RawService, DEFAULT_RATE};
+use crate::config::inetd::{self, RawBind, RawService, DEFAULT_RATE};
 use crate::config::{Handover, Limits, Mode, Rate, SockType, Sources};
 use crate::error::{Error, Origin};
 use crate::server::Options;
@@ -31,6 +31,22 @@ pub struct Args {
     /// with --listen: hand the connection over as inetd (fds 0-2), stdio (fds 0-1, the default) or fd3 (LISTEN_FDS)
     #[argh(option)]
     pub handover: Option<String>,
+
+    /// with --listen: wait mode (Accept=no): hand the listening socket to one instance at a time
+    #[argh(switch)]
+    pub wait: bool,
+
+    /// with --listen: stream (the default), dgram (UDP or unix datagrams; needs --wait) or seqpacket (unix only)
+    #[argh(option)]
+    pub socket_type: Option<String>,
+
+    /// with --listen on a unix path: owner of the socket file, USER[:GROUP]
+    #[argh(option)]
+    pub socket_owner: Option<String>,
+
+    /// with --listen on a unix path: octal mode of the socket file (default 0666)
+    #[argh(option)]
+    pub socket_mode: Option<String>,
 
     /// with --listen: at most N handlers at once; further clients wait in the backlog
     #[argh(option)]
@@ -120,6 +136,10 @@ impl Args {
         let usage = |m: &str| Error::Usage(m.to_string());
         let listen_only = [
             ("--handover", self.handover.is_some()),
+            ("--wait", self.wait),
+            ("--socket-type", self.socket_type.is_some()),
+            ("--socket-owner", self.socket_owner.is_some()),
+            ("--socket-mode", self.socket_mode.is_some()),
             ("--max-instances", self.max_instances.is_some()),
             ("--rate", self.rate.is_some()),
             ("--user", self.user.is_some()),
@@ -166,9 +186,59 @@ impl Args {
                     .into(),
             ));
         };
+        let sock_type = match self.socket_type.as_deref() {
+            None | Some("stream") => SockType::Stream,
+            Some("dgram") => SockType::Dgram,
+            Some("seqpacket") => SockType::SeqPacket,
+            Some(t) => {
+                return Err(usage(format!(
+                    "--socket-type {t:?}: expected stream, dgram or seqpacket"
+                )))
+            }
+        };
+        let mode = if self.wait { Mode::Wait } else { Mode::Accept };
+        if sock_type == SockType::Dgram && mode == Mode::Accept {
+            return Err(usage(
+                "--socket-type dgram needs --wait (one handler per UDP peer is not supported yet)"
+                    .into(),
+            ));
+        }
+        let (sock_owner, sock_group) = match &self.socket_owner {
+            Some(o) => match o.split_once(':') {
+                Some((u, g)) => (Some(u.to_string()), Some(g.to_string())),
+                None => (Some(o.clone()), None),
+            },
+            None => (None, None),
+        };
+        let sock_mode = match &self.socket_mode {
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|&v| v <= 0o7777)
+                    .ok_or_else(|| usage(format!("--socket-mode {m:?}: expected an octal mode")))?,
+            ),
+            None => None,
+        };
         let mut binds = Vec::new();
         for l in &self.listen {
-            binds.push(inetd::parse_listen(l).map_err(usage)?);
+            let mut bind = inetd::parse_listen(l).map_err(usage)?;
+            match &mut bind {
+                RawBind::Unix {
+                    owner, group, mode, ..
+                } => {
+                    *owner = owner.take().or(sock_owner.clone());
+                    *group = group.take().or(sock_group.clone());
+                    *mode = mode.or(sock_mode);
+                }
+                RawBind::Inet { .. } => {
+                    if sock_type == SockType::SeqPacket {
+                        return Err(usage(format!(
+                            "--listen {l}: seqpacket sockets are served over unix paths only"
+                        )));
+                    }
+                }
+            }
+            binds.push(bind);
         }
         let handover = match &self.handover {
             Some(h) => Handover::parse(h)
@@ -195,11 +265,11 @@ impl Args {
             fd_name: Some(name.clone()),
             name,
             binds,
-            sock_type: SockType::Stream,
+            sock_type,
             sndbuf: None,
             rcvbuf: None,
             backlog: None,
-            mode: Mode::Accept,
+            mode,
             handover,
             limits,
             user: self.user.clone(),

@@ -1,50 +1,72 @@
 //! Binding and configuring each [`Endpoint`].
 //!
-//! Owns: socket creation (always close-on-exec and non-blocking), socket
-//! options, bind and listen, and reading back the real local address.
+//! Owns: socket creation (always close-on-exec; non-blocking for sockets
+//! doorman accepts on, blocking for `wait` sockets it only hands over),
+//! socket options, bind and listen, unix socket files (stale ones replaced,
+//! owner/group/mode applied, removed when the socket is dropped), and
+//! reading back the real local address.
 //! Must not: know about processes or the event loop.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, SockFlag, SockType as NixSockType, SockaddrIn, SockaddrIn6,
-    SockaddrLike, SockaddrStorage,
+    SockaddrStorage, UnixAddr,
 };
 
-use crate::config::{Endpoint, SockType};
+use crate::config::{Address, Endpoint, SockType, DEFAULT_UNIX_MODE};
 
-/// A bound, listening socket and the address it really has.
+/// Removes a unix socket file when dropped (with its socket).
+#[derive(Debug)]
+pub struct UnlinkOnDrop(pub PathBuf);
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A bound (and, for connection sockets, listening) socket and the address
+/// it really has.
 #[derive(Debug)]
 pub struct Bound {
     pub fd: OwnedFd,
-    pub local: SocketAddr,
+    pub local: Address,
+    /// For unix sockets: removes the file when the socket goes.
+    pub unlink: Option<UnlinkOnDrop>,
 }
 
-/// Creates, configures, binds and (for stream sockets) listens.
-/// The error names the step that failed: `bind 0.0.0.0:79: Address in use`.
-pub fn bind(e: &Endpoint) -> Result<Bound, (String, Errno)> {
-    let family = match e.addr {
-        SocketAddr::V4(_) => AddressFamily::Inet,
-        SocketAddr::V6(_) => AddressFamily::Inet6,
-    };
-    let ty = match e.sock_type {
+/// The failing step and its errno: `("bind 0.0.0.0:79", EADDRINUSE)`.
+pub type BindError = (String, Errno);
+
+fn nix_type(t: SockType) -> NixSockType {
+    match t {
         SockType::Stream => NixSockType::Stream,
-    };
-    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
-    let fd = socket::socket(family, ty, flags, None).map_err(|e| ("socket".to_string(), e))?;
-    let opt = |what: &str, r: nix::Result<()>| r.map_err(|e| (format!("setsockopt {what}"), e));
-    opt(
-        "SO_REUSEADDR",
-        socket::setsockopt(&fd, sockopt::ReuseAddr, &true),
-    )?;
-    if family == AddressFamily::Inet6 {
-        opt(
-            "IPV6_V6ONLY",
-            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &e.v6only),
-        )?;
+        SockType::Dgram => NixSockType::Datagram,
+        SockType::SeqPacket => NixSockType::SeqPacket,
     }
+}
+
+/// Creates, configures, binds and (for connection sockets) listens.
+/// `nonblocking`: doorman accepts on it itself; a `wait` socket is left
+/// blocking, as the handler it is handed to expects.
+pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
+    let family = match &e.addr {
+        Address::Inet(SocketAddr::V4(_)) => AddressFamily::Inet,
+        Address::Inet(SocketAddr::V6(_)) => AddressFamily::Inet6,
+        Address::Unix(_) => AddressFamily::Unix,
+    };
+    let mut flags = SockFlag::SOCK_CLOEXEC;
+    if nonblocking {
+        flags |= SockFlag::SOCK_NONBLOCK;
+    }
+    let fd = socket::socket(family, nix_type(e.sock_type), flags, None)
+        .map_err(|err| ("socket".to_string(), err))?;
+    let opt = |what: &str, r: nix::Result<()>| r.map_err(|err| (format!("setsockopt {what}"), err));
     if let Some(n) = e.sndbuf {
         opt(
             "SO_SNDBUF",
@@ -57,19 +79,119 @@ pub fn bind(e: &Endpoint) -> Result<Bound, (String, Errno)> {
             socket::setsockopt(&fd, sockopt::RcvBuf, &(n as usize)),
         )?;
     }
-    let bound = match e.addr {
-        SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
-        SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+    let mut unlink = None;
+    match &e.addr {
+        Address::Inet(addr) => {
+            opt(
+                "SO_REUSEADDR",
+                socket::setsockopt(&fd, sockopt::ReuseAddr, &true),
+            )?;
+            if family == AddressFamily::Inet6 {
+                opt(
+                    "IPV6_V6ONLY",
+                    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &e.v6only),
+                )?;
+            }
+            let r = match addr {
+                SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
+                SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a)),
+            };
+            r.map_err(|err| (format!("bind {addr}"), err))?;
+        }
+        Address::Unix(path) => {
+            prepare_unix_path(path, e.sock_type)?;
+            let ua =
+                UnixAddr::new(path).map_err(|err| (format!("bind {}", path.display()), err))?;
+            socket::bind(fd.as_raw_fd(), &ua)
+                .map_err(|err| (format!("bind {}", path.display()), err))?;
+            unlink = Some(UnlinkOnDrop(path.clone()));
+            apply_perms(path, e)?;
+        }
+    }
+    if e.sock_type.accepts() {
+        let backlog =
+            socket::Backlog::new(e.backlog.clamp(1, i32::MAX)).unwrap_or(socket::Backlog::MAXCONN);
+        socket::listen(&fd, backlog).map_err(|err| (format!("listen {}", e.addr), err))?;
+    }
+    let local = match &e.addr {
+        Address::Inet(_) => Address::Inet(
+            local_addr(fd.as_raw_fd()).map_err(|err| ("getsockname".to_string(), err))?,
+        ),
+        Address::Unix(p) => Address::Unix(p.clone()),
     };
-    bound.map_err(|err| (format!("bind {}", e.addr), err))?;
-    let backlog =
-        socket::Backlog::new(e.backlog.clamp(1, i32::MAX)).unwrap_or(socket::Backlog::MAXCONN);
-    socket::listen(&fd, backlog).map_err(|err| (format!("listen {}", e.addr), err))?;
-    let local = local_addr(fd.as_raw_fd()).map_err(|err| ("getsockname".to_string(), err))?;
-    Ok(Bound { fd, local })
+    Ok(Bound { fd, local, unlink })
 }
 
-/// The local address of a socket.
+/// Makes room for a unix socket at `path`: creates a missing parent
+/// directory (mode 0755), replaces a stale socket file left by an earlier
+/// run, and refuses anything else (a live socket, a regular file).
+fn prepare_unix_path(path: &Path, ty: SockType) -> Result<(), BindError> {
+    let shown = path.display();
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|err| {
+                    (
+                        format!("create directory {}", dir.display()),
+                        io_errno(&err),
+                    )
+                })?;
+        }
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err((format!("stat {shown}"), io_errno(&err))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err((
+            format!("bind {shown}: the path exists and is not a socket"),
+            Errno::EEXIST,
+        ));
+    }
+    // A socket file: stale if nobody answers on it.
+    let probe = socket::socket(
+        AddressFamily::Unix,
+        nix_type(ty),
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|err| ("socket".to_string(), err))?;
+    let ua = UnixAddr::new(path).map_err(|err| (format!("bind {shown}"), err))?;
+    match socket::connect(probe.as_raw_fd(), &ua) {
+        Err(Errno::ECONNREFUSED) => std::fs::remove_file(path)
+            .map_err(|err| (format!("remove stale socket {shown}"), io_errno(&err))),
+        Ok(()) | Err(Errno::EAGAIN | Errno::EPROTOTYPE) => Err((
+            format!("bind {shown}: a live socket is already there"),
+            Errno::EADDRINUSE,
+        )),
+        Err(err) => Err((format!("probe {shown}"), err)),
+    }
+}
+
+fn apply_perms(path: &Path, e: &Endpoint) -> Result<(), BindError> {
+    let shown = path.display();
+    if e.perms.owner.is_some() || e.perms.group.is_some() {
+        nix::unistd::chown(
+            path,
+            e.perms.owner.map(nix::unistd::Uid::from_raw),
+            e.perms.group.map(nix::unistd::Gid::from_raw),
+        )
+        .map_err(|err| (format!("chown {shown}"), err))?;
+    }
+    let mode = e.perms.mode.unwrap_or(DEFAULT_UNIX_MODE);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|err| (format!("chmod {mode:o} {shown}"), io_errno(&err)))
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(0))
+}
+
+/// The local address of an IP socket.
 pub fn local_addr(fd: RawFd) -> nix::Result<SocketAddr> {
     let ss: SockaddrStorage = socket::getsockname(fd)?;
     storage_to_std(&ss).ok_or(Errno::EAFNOSUPPORT)
@@ -88,7 +210,6 @@ pub fn storage_to_std(ss: &SockaddrStorage) -> Option<SocketAddr> {
             v6.scope_id(),
         )));
     }
-    let _ = ss.family();
     None
 }
 
@@ -99,4 +220,58 @@ pub fn is_family_unsupported(errno: Errno) -> bool {
         errno,
         Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL | Errno::EPROTONOSUPPORT
     )
+}
+
+/// Whether a socket has something to read or accept now (no waiting).
+pub fn readable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd we own, with a zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// How much is queued on a `wait` socket, where the kernel tells: the
+/// accept queue of a TCP listener (`tcpi_unacked` in `TCP_INFO`), the bytes
+/// in a datagram socket's receive queue (`SO_MEMINFO`). `None` for unix
+/// stream and seqpacket listeners, whose queue is not exposed this way.
+pub fn queued(fd: RawFd, ty: SockType, inet: bool) -> Option<u64> {
+    match (ty, inet) {
+        (SockType::Stream, true) => {
+            // SAFETY: getsockopt into a zeroed tcp_info we own, with its size.
+            unsafe {
+                let mut info: libc::tcp_info = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+                let r = libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&mut info as *mut libc::tcp_info).cast(),
+                    &mut len,
+                );
+                (r == 0).then_some(u64::from(info.tcpi_unacked))
+            }
+        }
+        (SockType::Dgram, _) => {
+            const SO_MEMINFO: libc::c_int = 55;
+            let mut mem = [0u32; 9];
+            let mut len = std::mem::size_of_val(&mem) as libc::socklen_t;
+            // SAFETY: getsockopt into an array we own, with its size; index
+            // 0 is SK_MEMINFO_RMEM_ALLOC, the receive queue's bytes.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    SO_MEMINFO,
+                    mem.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            (r == 0).then_some(u64::from(mem[0]))
+        }
+        _ => None,
+    }
 }

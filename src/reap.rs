@@ -23,6 +23,10 @@ pub struct Child {
     /// `addr:port` of the peer, for log lines.
     pub peer: String,
     pub started: Instant,
+    /// For a `wait` service: the listener handed over, and how much was
+    /// queued on it at the start (to tell a handler that serves from one
+    /// that exits without consuming anything).
+    pub wait: Option<(usize, Option<u64>)>,
 }
 
 /// How a child ended.

@@ -1,8 +1,10 @@
 //! The event loop: the only `loop {}` in doorman.
 //!
 //! Owns: dispatch by token, accepting until `WouldBlock` (in fair batches),
-//! performing policy decisions, registering and deregistering listeners,
-//! deadlines (rate pauses, the `EMFILE` back-off), and shutdown.
+//! waking `wait` services (handing over the listening socket, unplugging it
+//! until the handler exits), performing policy decisions, registering and
+//! deregistering listeners, deadlines (rate pauses, the `EMFILE` back-off,
+//! datagram re-arming), the spin guard, and shutdown.
 //! Must not: fork itself (spawn does) or parse text (config does).
 
 use std::io::Write;
@@ -15,13 +17,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal as NixSignal};
-use nix::sys::socket::{self, SockaddrStorage};
+use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
-use crate::config::{Loaded, Service};
+use crate::config::inetd::DEFAULT_RATE;
+use crate::config::{Address, Handler, Loaded, Mode, Service, SockType};
 use crate::error::Error;
-use crate::listen::{self, storage_to_std};
+use crate::listen::{self, storage_to_std, UnlinkOnDrop};
 use crate::policy::{Counters, Decision};
-use crate::reap::{Child, Children};
+use crate::reap::{Child, Children, Exit, Outcome};
 use crate::signals::{self, Signal, Trap};
 use crate::spawn::image::{BaseEnv, Image, Launch, Peer};
 use crate::spawn::{self};
@@ -31,6 +34,15 @@ const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const ACCEPT_BATCH: usize = 32;
 /// How long accepting pauses after `EMFILE`/`ENFILE`.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+/// A dgram `wait` service allowed more than one instance watches its
+/// socket again this long after starting one (the new instance has had
+/// time to read the datagram that woke it).
+const DGRAM_REARM: Duration = Duration::from_millis(250);
+/// The spin guard: a `wait` handler that exits within this time, leaving
+/// its socket readable and its queue no shorter ...
+const SPIN_LIFETIME: Duration = Duration::from_secs(2);
+/// ... this many times in a row pauses its service (looping protection).
+pub const SPIN_LIMIT: u32 = 5;
 
 /// Run-time options from the command line.
 #[derive(Clone, Debug, Default)]
@@ -51,14 +63,35 @@ struct ServiceRt {
     listeners: Vec<usize>,
 }
 
+/// The state of a `wait` listener.
+#[derive(Default)]
+struct WaitState {
+    /// Handlers holding this socket now.
+    running: u32,
+    /// Consecutive handlers that exited at once leaving the socket unread.
+    spins: u32,
+    /// A dgram listener with room for another instance is watched again
+    /// at this time.
+    rearm_at: Option<Instant>,
+}
+
 struct ListenerRt {
     fd: OwnedFd,
-    local: SocketAddr,
-    /// Bound to a wildcard address: the connection's local address must be
-    /// asked of the kernel.
+    local: Address,
+    sock_type: SockType,
+    /// Bound to a wildcard IP address: the connection's local address must
+    /// be asked of the kernel.
     wildcard: bool,
     service: usize,
     registered: bool,
+    wait: WaitState,
+    _unlink: Option<UnlinkOnDrop>,
+}
+
+impl ListenerRt {
+    fn inet(&self) -> bool {
+        matches!(self.local, Address::Inet(_))
+    }
 }
 
 /// The daemon's whole state.
@@ -74,8 +107,8 @@ pub struct Server {
     /// The `EMFILE` warning was logged and no accept has succeeded since:
     /// one line per episode, not one per back-off.
     emfile_warned: bool,
-    /// Listeners whose batch ran out before `WouldBlock`: served again
-    /// on the next turn of the loop.
+    /// Listeners whose batch ran out before `WouldBlock`, or that were just
+    /// registered again: served on the next turn of the loop.
     backlog: Vec<usize>,
     opts: Options,
 }
@@ -110,23 +143,31 @@ impl Server {
         for svc in loaded.services {
             let idx = server.services.len();
             let mut listeners = Vec::new();
+            let mode = match svc.mode {
+                Mode::Accept => "nowait",
+                Mode::Wait => "wait",
+            };
             for ep in &svc.endpoints {
-                match listen::bind(ep) {
+                match listen::bind(ep, svc.mode == Mode::Accept) {
                     Ok(b) => {
                         info!(
-                            "listen service={} addr={} proto={} mode=nowait handover={}",
+                            "listen service={} addr={} type={} proto={} mode={mode} handover={}",
                             svc.label(),
                             b.local,
+                            ep.sock_type.as_str(),
                             ep.proto(),
                             svc.handover.as_str()
                         );
                         listeners.push(server.listeners.len());
                         server.listeners.push(ListenerRt {
                             fd: b.fd,
+                            wildcard: matches!(b.local, Address::Inet(a) if a.ip().is_unspecified()),
                             local: b.local,
-                            wildcard: ep.addr.ip().is_unspecified(),
+                            sock_type: ep.sock_type,
                             service: idx,
                             registered: false,
+                            wait: WaitState::default(),
+                            _unlink: b.unlink,
                         });
                     }
                     Err((what, errno)) if ep.optional && listen::is_family_unsupported(errno) => {
@@ -161,7 +202,7 @@ impl Server {
             .register(server.poll.registry(), SIGNAL_TOKEN)
             .map_err(|e| Error::system("register signals", io_errno(&e)))?;
         for i in 0..server.services.len() {
-            server.sync(i, Instant::now());
+            server.sync(i);
         }
         info!(
             "ready services={} listeners={}",
@@ -216,8 +257,12 @@ impl Server {
                 }
             }
             for l in ready {
-                if l < self.listeners.len() && self.listeners[l].registered {
-                    self.accept_batch(l);
+                if l >= self.listeners.len() || !self.listeners[l].registered {
+                    continue;
+                }
+                match self.services[self.listeners[l].service].svc.mode {
+                    Mode::Accept => self.accept_batch(l),
+                    Mode::Wait => self.wake(l),
                 }
             }
             self.expire(Instant::now());
@@ -228,38 +273,65 @@ impl Server {
         self.services
             .iter()
             .filter_map(|s| s.paused_until)
+            .chain(self.listeners.iter().filter_map(|l| l.wait.rearm_at))
             .chain(self.emfile_until)
             .min()
     }
 
-    /// Ends rate pauses and the `EMFILE` back-off whose time has come.
+    /// Ends rate pauses, the `EMFILE` back-off and re-arm delays whose
+    /// time has come.
     fn expire(&mut self, now: Instant) {
         if self.emfile_until.is_some_and(|t| t <= now) {
             self.emfile_until = None;
             debug!("accept: retrying after file descriptor back-off");
             for i in 0..self.services.len() {
-                self.sync(i, now);
+                self.sync(i);
             }
         }
         for i in 0..self.services.len() {
             if self.services[i].paused_until.is_some_and(|t| t <= now) {
                 self.services[i].paused_until = None;
                 info!("resume service={}", self.services[i].svc.label());
-                self.sync(i, now);
+                self.sync(i);
+            }
+        }
+        for li in 0..self.listeners.len() {
+            if self.listeners[li].wait.rearm_at.is_some_and(|t| t <= now) {
+                self.listeners[li].wait.rearm_at = None;
+                self.sync(self.listeners[li].service);
             }
         }
     }
 
-    /// Registers or deregisters a service's listeners to match its state:
-    /// watched only when not paused, not at its instance limit and not in
-    /// the `EMFILE` back-off. A listener that becomes watched is drained
-    /// at once rather than waiting for a fresh edge.
-    fn sync(&mut self, s: usize, _now: Instant) {
-        let rt = &self.services[s];
-        let want = rt.paused_until.is_none()
-            && self.emfile_until.is_none()
-            && !rt.counters.at_capacity(&rt.svc.limits);
-        for li in rt.listeners.clone() {
+    /// Whether listener `li` should be watched now.
+    fn wanted(&self, li: usize) -> bool {
+        let l = &self.listeners[li];
+        let rt = &self.services[l.service];
+        if rt.paused_until.is_some()
+            || self.emfile_until.is_some()
+            || rt.counters.at_capacity(&rt.svc.limits)
+        {
+            return false;
+        }
+        match rt.svc.mode {
+            Mode::Accept => true,
+            // A wait socket belongs to its handler while one runs; a dgram
+            // one may be shared by up to max-child instances.
+            Mode::Wait => {
+                l.wait.running == 0
+                    || (l.sock_type == SockType::Dgram
+                        && l.wait.rearm_at.is_none()
+                        && l.wait.running < rt.svc.limits.max_instances.unwrap_or(1))
+            }
+        }
+    }
+
+    /// Registers or deregisters a service's listeners to match its state.
+    /// A listener that becomes watched is served at once (on the next turn)
+    /// rather than waiting for a fresh edge.
+    fn sync(&mut self, s: usize) {
+        for li in self.services[s].listeners.clone() {
+            let want = self.wanted(li);
             let l = &mut self.listeners[li];
             if l.registered == want {
                 continue;
@@ -312,7 +384,6 @@ impl Server {
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO | Errno::EPERM) => continue,
                 Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
-                    let now = Instant::now();
                     if !self.emfile_warned {
                         self.emfile_warned = true;
                         warn!(
@@ -322,9 +393,9 @@ impl Server {
                             EMFILE_BACKOFF.as_millis()
                         );
                     }
-                    self.emfile_until = Some(now + EMFILE_BACKOFF);
+                    self.emfile_until = Some(Instant::now() + EMFILE_BACKOFF);
                     for i in 0..self.services.len() {
-                        self.sync(i, now);
+                        self.sync(i);
                     }
                     return;
                 }
@@ -339,49 +410,55 @@ impl Server {
         }
     }
 
+    /// Who is at the other end of an accepted connection: the hand-over's
+    /// peer, the source policy counts, and how logs show it.
+    fn peer_of(&self, li: usize, conn: &OwnedFd) -> Option<(Peer, Option<IpAddr>, String)> {
+        let l = &self.listeners[li];
+        match &l.local {
+            Address::Inet(bound) => {
+                let remote = socket::getpeername::<SockaddrStorage>(conn.as_raw_fd())
+                    .ok()
+                    .and_then(|ss| storage_to_std(&ss))?;
+                let local = if l.wildcard {
+                    listen::local_addr(conn.as_raw_fd()).unwrap_or(*bound)
+                } else {
+                    *bound
+                };
+                let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+                Some((
+                    Peer::Tcp { remote, local },
+                    Some(remote.ip()),
+                    remote.to_string(),
+                ))
+            }
+            Address::Unix(path) => {
+                let cred = socket::getsockopt(conn, sockopt::PeerCredentials).ok()?;
+                let shown = format!("uid:{}/pid:{}", cred.uid(), cred.pid());
+                let peer = Peer::Unix {
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                    pid: cred.pid(),
+                    path: path.clone(),
+                };
+                Some((peer, None, shown))
+            }
+        }
+    }
+
     /// One accepted connection: decide, then spawn or refuse.
     fn serve(&mut self, li: usize, s: usize, conn: OwnedFd) {
         let now = Instant::now();
-        let l = &self.listeners[li];
-        let remote = socket::getpeername::<SockaddrStorage>(conn.as_raw_fd())
-            .ok()
-            .and_then(|ss| storage_to_std(&ss));
-        let Some(remote) = remote else {
+        let Some((peer, source, shown)) = self.peer_of(li, &conn) else {
             debug!(
                 "{}: connection gone before it could be served",
                 self.services[s].svc.label()
             );
             return;
         };
-        let local = if l.wildcard {
-            listen::local_addr(conn.as_raw_fd()).unwrap_or(l.local)
-        } else {
-            l.local
-        };
-        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
-        let source: IpAddr = remote.ip();
-        let rt = &mut self.services[s];
-        match rt.counters.admit(&rt.svc.limits, Some(source), now) {
-            Decision::Admit => {}
-            Decision::Refuse(reason) => {
-                info!(
-                    "refuse service={} peer={remote} reason={reason}",
-                    rt.svc.label()
-                );
-                return;
-            }
-            Decision::Pause(reason, until) => {
-                warn!(
-                    "pause service={} peer={remote} reason={reason} for={}s",
-                    rt.svc.label(),
-                    until.saturating_duration_since(now).as_secs()
-                );
-                rt.paused_until = Some(until);
-                self.sync(s, now);
-                return;
-            }
+        if !self.admit(s, source, &shown, now) {
+            return;
         }
-        let peer = Peer { remote, local };
+        let rt = &mut self.services[s];
         let mut launch = Launch::new(
             &rt.image,
             &self.base_env,
@@ -391,27 +468,21 @@ impl Server {
         );
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
-                info!("accept service={} peer={remote} pid={pid}", rt.svc.label());
+                info!("accept service={} peer={shown} pid={pid}", rt.svc.label());
                 self.children.insert(
                     pid,
                     Child {
                         service: s,
-                        source: Some(source),
-                        peer: remote.to_string(),
+                        source,
+                        peer: shown,
                         started: now,
+                        wait: None,
                     },
                 );
             }
             Err(e) => {
-                let crate::config::Handler::Exec { program, .. } = &rt.svc.handler;
-                error!(
-                    "{}: {} {}: {} (peer={remote})",
-                    rt.svc.label(),
-                    e.stage.map_or("fork", |st| st.as_str()),
-                    program.display(),
-                    e.errno.desc()
-                );
-                rt.counters.release(Some(source));
+                log_spawn_error(&rt.svc, &e, &shown);
+                rt.counters.release(source);
             }
         }
         drop(conn);
@@ -419,19 +490,102 @@ impl Server {
             .counters
             .at_capacity(&self.services[s].svc.limits)
         {
-            self.sync(s, now);
+            self.sync(s);
         }
+    }
+
+    /// Asks policy about a connection or a wake-up; performs a refusal or
+    /// pause. True when admitted (and counted).
+    fn admit(&mut self, s: usize, source: Option<IpAddr>, shown: &str, now: Instant) -> bool {
+        let rt = &mut self.services[s];
+        match rt.counters.admit(&rt.svc.limits, source, now) {
+            Decision::Admit => true,
+            Decision::Refuse(reason) => {
+                info!(
+                    "refuse service={} peer={shown} reason={reason}",
+                    rt.svc.label()
+                );
+                false
+            }
+            Decision::Pause(reason, until) => {
+                self.pause(s, reason.to_string(), shown, until, now);
+                false
+            }
+        }
+    }
+
+    fn pause(&mut self, s: usize, reason: String, shown: &str, until: Instant, now: Instant) {
+        let rt = &mut self.services[s];
+        warn!(
+            "pause service={} peer={shown} reason={reason} for={}s",
+            rt.svc.label(),
+            until.saturating_duration_since(now).as_secs()
+        );
+        rt.paused_until = Some(until);
+        self.sync(s);
+    }
+
+    /// A `wait` listener is readable: hand it to a new instance and stop
+    /// watching it until that instance exits.
+    fn wake(&mut self, li: usize) {
+        let lfd = self.listeners[li].fd.as_raw_fd();
+        if !listen::readable_now(lfd) {
+            return; // spurious, or a running dgram instance took it
+        }
+        let s = self.listeners[li].service;
+        let now = Instant::now();
+        if !self.admit(s, None, "-", now) {
+            return;
+        }
+        let l = &self.listeners[li];
+        let queued = listen::queued(lfd, l.sock_type, l.inet());
+        let rt = &mut self.services[s];
+        let mut launch = Launch::new(
+            &rt.image,
+            &self.base_env,
+            lfd,
+            &Peer::Listener,
+            self.devnull.as_raw_fd(),
+        );
+        match spawn::spawn(&mut launch) {
+            Ok(pid) => {
+                info!("wake service={} addr={} pid={pid}", rt.svc.label(), l.local);
+                let allows_more = l.sock_type == SockType::Dgram
+                    && rt.svc.limits.max_instances.is_some_and(|m| m > 1);
+                self.children.insert(
+                    pid,
+                    Child {
+                        service: s,
+                        source: None,
+                        peer: "-".into(),
+                        started: now,
+                        wait: Some((li, queued)),
+                    },
+                );
+                let w = &mut self.listeners[li].wait;
+                w.running += 1;
+                if allows_more {
+                    w.rearm_at = Some(now + DGRAM_REARM);
+                }
+            }
+            Err(e) => {
+                log_spawn_error(&rt.svc, &e, "-");
+                rt.counters.release(None);
+            }
+        }
+        self.sync(s);
     }
 
     /// Reaps every exited child, logs it and frees its counts.
     fn reap(&mut self) {
         let now = Instant::now();
         for exit in self.children.reap_all(now) {
-            let Some(child) = exit.child else {
+            let Some(child) = &exit.child else {
                 debug!("reaped orphan pid={} {}", exit.pid, exit.outcome);
                 continue;
             };
-            let Some(rt) = self.services.get_mut(child.service) else {
+            let s = child.service;
+            let Some(rt) = self.services.get_mut(s) else {
                 continue;
             };
             info!(
@@ -442,7 +596,48 @@ impl Server {
                 exit.duration.as_millis()
             );
             rt.counters.release(child.source);
-            self.sync(child.service, now);
+            if let Some((li, before)) = child.wait {
+                self.wait_exited(li, before, &exit, now);
+            }
+            self.sync(s);
+        }
+    }
+
+    /// The spin guard. A wait handler that exits at once leaving its socket
+    /// readable and its queue no shorter (or, where the kernel does not
+    /// tell the queue, exiting with a failure) made no progress; after
+    /// [`SPIN_LIMIT`] in a row the service pauses like a looping one.
+    fn wait_exited(&mut self, li: usize, before: Option<u64>, exit: &Exit, now: Instant) {
+        let Some(l) = self.listeners.get_mut(li) else {
+            return; // stopping: the listeners are closed
+        };
+        l.wait.running = l.wait.running.saturating_sub(1);
+        let fd = l.fd.as_raw_fd();
+        let after = listen::queued(fd, l.sock_type, l.inet());
+        let no_progress = match (before, after) {
+            (Some(b), Some(a)) => a >= b,
+            _ => exit.outcome != Outcome::Exited(0),
+        };
+        if exit.duration < SPIN_LIFETIME && no_progress && listen::readable_now(fd) {
+            l.wait.spins += 1;
+        } else {
+            l.wait.spins = 0;
+        }
+        if l.wait.spins >= SPIN_LIMIT {
+            l.wait.spins = 0;
+            let s = l.service;
+            let pause = self.services[s]
+                .svc
+                .limits
+                .rate
+                .unwrap_or(DEFAULT_RATE)
+                .pause;
+            let reason = format!(
+                "spin: the wait handler exited {SPIN_LIMIT} times in a row within {}s leaving its socket unread ({})",
+                SPIN_LIFETIME.as_secs(),
+                exit.outcome
+            );
+            self.pause(s, reason, "-", now + pause, now);
         }
     }
 
@@ -455,9 +650,14 @@ impl Server {
                 .iter()
                 .map(|&l| self.listeners[l].local.to_string())
                 .collect();
+            let busy = rt
+                .listeners
+                .iter()
+                .any(|&l| self.listeners[l].wait.running > 0);
             let state = match rt.paused_until {
                 Some(t) => format!("paused for {}s", t.saturating_duration_since(now).as_secs()),
                 None if rt.counters.at_capacity(&rt.svc.limits) => "full".to_string(),
+                None if busy => "busy(wait)".to_string(),
                 None => "listening".to_string(),
             };
             info!(
@@ -480,7 +680,8 @@ impl Server {
         }
     }
 
-    /// SIGTERM/SIGINT: close every listener, optionally stop handlers, exit 0.
+    /// SIGTERM/SIGINT: close every listener (removing unix socket files),
+    /// optionally stop handlers, exit 0.
     fn stop(mut self) -> u8 {
         info!("stop: closing {} listeners", self.listeners.len());
         for rt in &mut self.services {
@@ -522,6 +723,18 @@ impl Server {
         }
         0
     }
+}
+
+/// `svc/proto: exec /path: No such file or directory (peer=...)`.
+fn log_spawn_error(svc: &Service, e: &spawn::SpawnError, shown: &str) {
+    let Handler::Exec { program, .. } = &svc.handler;
+    error!(
+        "{}: {} {}: {} (peer={shown})",
+        svc.label(),
+        e.stage.map_or("fork", |st| st.as_str()),
+        program.display(),
+        e.errno.desc()
+    );
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {

@@ -23,27 +23,38 @@ pub const DEFAULT_RATE: Rate = Rate {
     pause: Duration::from_secs(600),
 };
 
-/// The protocol field's address family choice.
+/// The protocol field's address family choice (`tcp`, `tcp4`, ... and
+/// the same for `udp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
+pub enum Family {
     /// IPv4 and IPv6 as two sockets (the IPv6 one optional), as Debian's
-    /// openbsd-inetd does for plain `tcp`.
-    Tcp,
-    Tcp4,
+    /// openbsd-inetd does for plain `tcp`/`udp`.
+    Both,
+    V4,
     /// IPv6 only (FreeBSD `tcp6`).
-    Tcp6,
-    /// One dual-stack IPv6 socket that also accepts IPv4.
-    Tcp46,
-    Tcp6Only,
+    V6,
+    /// One dual-stack IPv6 socket that also accepts IPv4 (`tcp46`).
+    Dual,
+    /// IPv6 only (`tcp6only`).
+    V6Only,
 }
 
-/// One address clause: host (`None` for all addresses) and port or
-/// service name, with the family choice.
+/// One address clause.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawBind {
-    pub host: Option<String>,
-    pub port: String,
-    pub proto: Proto,
+pub enum RawBind {
+    /// Host (`None` for all addresses), port or service name, family.
+    Inet {
+        host: Option<String>,
+        port: String,
+        family: Family,
+    },
+    /// A unix socket path with the owner, group and mode of its file.
+    Unix {
+        path: String,
+        owner: Option<String>,
+        group: Option<String>,
+        mode: Option<u32>,
+    },
 }
 
 /// A service as written, before names are resolved.
@@ -115,6 +126,47 @@ pub fn parse(file: &Path, text: &str) -> Parsed {
     out
 }
 
+/// A unix socket's service field, FreeBSD style:
+/// `[:user:group:mode:]/absolute/path` (any of the three may be empty).
+fn parse_unix_path(field: &str) -> Result<RawBind, String> {
+    let (owner, group, mode, path) = match field.strip_prefix(':') {
+        None => (None, None, None, field),
+        Some(rest) => {
+            let parts: Vec<&str> = rest.splitn(4, ':').collect();
+            if parts.len() != 4 {
+                return Err(format!(
+                    "{field:?}: expected :user:group:mode:/path or /path"
+                ));
+            }
+            let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+            let mode = match parts[2] {
+                "" => None,
+                m => Some(
+                    u32::from_str_radix(m, 8)
+                        .ok()
+                        .filter(|&v| v <= 0o7777)
+                        .ok_or_else(|| format!("mode {m:?} is not an octal file mode"))?,
+                ),
+            };
+            (nonempty(parts[0]), nonempty(parts[1]), mode, parts[3])
+        }
+    };
+    if !path.starts_with('/') {
+        return Err(format!("unix socket path {path:?} is not absolute"));
+    }
+    if path.len() >= 108 {
+        return Err(format!(
+            "unix socket path {path:?} is longer than 107 bytes"
+        ));
+    }
+    Ok(RawBind::Unix {
+        path: path.to_string(),
+        owner,
+        group,
+        mode,
+    })
+}
+
 /// `*` (all addresses) → `None`; `[v6]` → the address inside.
 fn split_host(host: &str) -> Result<Option<String>, String> {
     let host = host.trim();
@@ -164,22 +216,13 @@ fn parse_line(
             ),
         ));
     }
-    let (host, name) = split_service_field(fields[0]).map_err(|m| err("service", m))?;
-    let host = host.unwrap_or_else(|| default_host.clone());
-    if name.is_empty() {
-        return Err(err("service", "empty service name".into()));
-    }
-    if name.starts_with("tcpmux/") {
-        return Ok(LineOutcome::Skip(format!(
-            "tcpmux service {name:?} is not supported yet"
-        )));
-    }
-
     let sock_type = match fields[1] {
         "stream" => SockType::Stream,
-        "dgram" | "seqpacket" | "raw" | "rdm" => {
+        "dgram" => SockType::Dgram,
+        "seqpacket" => SockType::SeqPacket,
+        "raw" | "rdm" => {
             return Ok(LineOutcome::Skip(format!(
-                "socket type {:?} is not supported yet",
+                "socket type {:?} is not supported",
                 fields[1]
             )))
         }
@@ -189,22 +232,41 @@ fn parse_line(
     // protocol[,sndbuf=N][,rcvbuf=N]
     let mut proto_parts = fields[2].split(',');
     let proto_name = proto_parts.next().unwrap_or("");
-    let proto = match proto_name {
-        "tcp" => Proto::Tcp,
-        "tcp4" => Proto::Tcp4,
-        "tcp6" => Proto::Tcp6,
-        "tcp46" => Proto::Tcp46,
-        "tcp6only" => Proto::Tcp6Only,
-        "udp" | "udp4" | "udp6" | "udp46" | "udp6only" | "unix" => {
-            return Ok(LineOutcome::Skip(format!(
-                "protocol {proto_name:?} is not supported yet"
-            )))
-        }
+    let (transport, family) = match proto_name {
+        "tcp" => ("tcp", Family::Both),
+        "tcp4" => ("tcp", Family::V4),
+        "tcp6" => ("tcp", Family::V6),
+        "tcp46" => ("tcp", Family::Dual),
+        "tcp6only" => ("tcp", Family::V6Only),
+        "udp" => ("udp", Family::Both),
+        "udp4" => ("udp", Family::V4),
+        "udp6" => ("udp", Family::V6),
+        "udp46" => ("udp", Family::Dual),
+        "udp6only" => ("udp", Family::V6Only),
+        "unix" => ("unix", Family::Both),
         p if p.starts_with("rpc/") => {
             return Ok(LineOutcome::Skip("RPC services are not supported".into()))
         }
         other => return Err(err("protocol", format!("unknown protocol {other:?}"))),
     };
+    match (sock_type, transport) {
+        (SockType::Stream, "tcp") | (SockType::Dgram, "udp") | (_, "unix") => {}
+        (SockType::SeqPacket, _) => {
+            return Err(err(
+                "protocol",
+                format!("seqpacket sockets are served over unix only, not {proto_name}"),
+            ))
+        }
+        _ => {
+            return Err(err(
+                "protocol",
+                format!(
+                    "socket type {} does not go with protocol {proto_name}",
+                    fields[1]
+                ),
+            ))
+        }
+    }
     let (mut sndbuf, mut rcvbuf) = (None, None);
     for opt in proto_parts {
         match opt.split_once('=') {
@@ -219,10 +281,37 @@ fn parse_line(
         }
     }
 
+    let (name, bind) = if transport == "unix" {
+        let bind = parse_unix_path(fields[0]).map_err(|m| err("service", m))?;
+        let RawBind::Unix { path, .. } = &bind else {
+            unreachable!("parse_unix_path makes unix binds")
+        };
+        (path.clone(), bind)
+    } else {
+        let (host, name) = split_service_field(fields[0]).map_err(|m| err("service", m))?;
+        let host = host.unwrap_or_else(|| default_host.clone());
+        if name.is_empty() {
+            return Err(err("service", "empty service name".into()));
+        }
+        if name.starts_with("tcpmux/") {
+            return Ok(LineOutcome::Skip(format!(
+                "tcpmux service {name:?} is not supported yet"
+            )));
+        }
+        let bind = RawBind::Inet {
+            host,
+            port: name.to_string(),
+            family,
+        };
+        (name.to_string(), bind)
+    };
+
     let wait = parse_wait(fields[3]).map_err(|m| err("wait", m))?;
-    if wait.mode == Mode::Wait {
-        return Ok(LineOutcome::Skip(
-            "wait services are not supported yet".into(),
+    if wait.mode == Mode::Accept && !sock_type.accepts() {
+        return Err(err(
+            "wait",
+            "dgram services must be wait: doorman does not yet run one handler per UDP peer (nowait)"
+                .into(),
         ));
     }
 
@@ -249,12 +338,8 @@ fn parse_line(
 
     Ok(LineOutcome::Service(Box::new(RawService {
         origin: origin.clone(),
-        name: name.to_string(),
-        binds: vec![RawBind {
-            host,
-            port: name.to_string(),
-            proto,
-        }],
+        name,
+        binds: vec![bind],
         sock_type,
         sndbuf,
         rcvbuf,
@@ -420,8 +505,14 @@ fn split_user(field: &str) -> Result<(String, Option<String>), String> {
 }
 
 /// Parses a `--listen` argument: `PORT`, `ADDR:PORT`, `[V6ADDR]:PORT`,
-/// `*:PORT`.
+/// `*:PORT`, or a unix socket path (`/path`, `unix:/path`).
 pub fn parse_listen(arg: &str) -> Result<RawBind, String> {
+    if let Some(path) = arg
+        .strip_prefix("unix:")
+        .or(arg.starts_with('/').then_some(arg))
+    {
+        return parse_unix_path(path);
+    }
     let (host, port) = match split_service_field(arg)? {
         (Some(h), p) => (h, p),
         (None, p) => (None, p),
@@ -431,14 +522,14 @@ pub fn parse_listen(arg: &str) -> Result<RawBind, String> {
             "--listen {arg:?}: expected PORT, ADDR:PORT or [V6ADDR]:PORT"
         ));
     }
-    let proto = match &host {
-        Some(h) if h.contains(':') => Proto::Tcp6,
-        _ => Proto::Tcp,
+    let family = match &host {
+        Some(h) if h.contains(':') => Family::V6,
+        _ => Family::Both,
     };
-    Ok(RawBind {
+    Ok(RawBind::Inet {
         host,
         port: port.to_string(),
-        proto,
+        family,
     })
 }
 
@@ -450,14 +541,20 @@ mod tests {
         parse(Path::new("t.conf"), line)
     }
 
+    fn inet(b: &RawBind) -> (Option<&str>, &str, Family) {
+        match b {
+            RawBind::Inet { host, port, family } => (host.as_deref(), port.as_str(), *family),
+            RawBind::Unix { .. } => panic!("not inet: {b:?}"),
+        }
+    }
+
     #[test]
     fn classic_line() {
         let p = one("echo\tstream  tcp nowait root /bin/cat cat -u\n");
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         let s = &p.services[0];
         assert_eq!(s.name, "echo");
-        assert_eq!(s.binds[0].host, None);
-        assert_eq!(s.binds[0].proto, Proto::Tcp);
+        assert_eq!(inet(&s.binds[0]), (None, "echo", Family::Both));
         assert_eq!(s.argv, vec!["cat", "-u"]);
         assert_eq!(s.user.as_deref(), Some("root"));
         assert_eq!(s.limits.rate, Some(DEFAULT_RATE));
@@ -468,10 +565,10 @@ mod tests {
     fn addresses_and_defaults() {
         let p = one("127.0.0.1:\n9999 stream tcp nowait root /bin/cat cat\n[::1]:ftp stream tcp6 nowait root /bin/cat cat\n*:\n7 stream tcp nowait root /bin/cat cat\n");
         assert!(p.errors.is_empty(), "{:?}", p.errors);
-        assert_eq!(p.services[0].binds[0].host.as_deref(), Some("127.0.0.1"));
-        assert_eq!(p.services[1].binds[0].host.as_deref(), Some("::1"));
+        assert_eq!(inet(&p.services[0].binds[0]).0, Some("127.0.0.1"));
+        assert_eq!(inet(&p.services[1].binds[0]).0, Some("::1"));
         assert_eq!(p.services[1].name, "ftp");
-        assert_eq!(p.services[2].binds[0].host, None);
+        assert_eq!(inet(&p.services[2].binds[0]).0, None);
     }
 
     #[test]
@@ -497,7 +594,7 @@ mod tests {
 
     #[test]
     fn unsupported_lines_warn_and_errors_name_line() {
-        let p = one("# c\n\ntftp dgram udp wait root /usr/sbin/in.tftpd in.tftpd\necho stream tcp nowait root internal\nbad stream tcp\nx stream tcp nowait root relative x\n");
+        let p = one("# c\n\nsunrpc/1 dgram rpc/udp wait root /usr/sbin/rpcd rpcd\necho stream tcp nowait root internal\nbad stream tcp\nx stream tcp nowait root relative x\n");
         assert_eq!(p.services.len(), 0);
         assert_eq!(p.warnings.len(), 2);
         assert!(p.warnings[0].starts_with("t.conf:3: "), "{}", p.warnings[0]);
@@ -506,6 +603,48 @@ mod tests {
         assert_eq!(p.errors[0].origin.line, 5);
         assert_eq!(p.errors[1].origin.line, 6);
         assert_eq!(p.errors[1].field.as_deref(), Some("server_program"));
+    }
+
+    #[test]
+    fn wait_datagram_unix_and_seqpacket() {
+        let p = one(
+            "tftp dgram udp wait root /usr/sbin/in.tftpd in.tftpd -s /srv\n\
+            :nobody:nogroup:0660:/run/x.sock stream unix nowait root /bin/cat cat\n\
+            /run/y.sock seqpacket unix wait root /bin/cat cat\n\
+            /run/z.sock dgram unix wait/3 root /bin/cat cat\n\
+            9999 stream tcp wait root /bin/cat cat\n",
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.services.len(), 5);
+        assert_eq!(p.services[0].mode, Mode::Wait);
+        assert_eq!(p.services[0].sock_type, SockType::Dgram);
+        assert_eq!(inet(&p.services[0].binds[0]), (None, "tftp", Family::Both));
+        assert_eq!(
+            p.services[1].binds[0],
+            RawBind::Unix {
+                path: "/run/x.sock".into(),
+                owner: Some("nobody".into()),
+                group: Some("nogroup".into()),
+                mode: Some(0o660)
+            }
+        );
+        assert_eq!(p.services[1].name, "/run/x.sock");
+        assert_eq!(p.services[2].sock_type, SockType::SeqPacket);
+        assert_eq!(p.services[3].limits.max_instances, Some(3));
+        assert_eq!(p.services[4].mode, Mode::Wait);
+        // Refused with file:line: dgram nowait, seqpacket over tcp,
+        // mismatched type and protocol, relative or bad unix paths.
+        let p = one("tftp dgram udp nowait root /bin/cat cat\n\
+            x seqpacket tcp nowait root /bin/cat cat\n\
+            x stream udp nowait root /bin/cat cat\n\
+            run/x.sock stream unix nowait root /bin/cat cat\n\
+            :a:b:999:/x stream unix nowait root /bin/cat cat\n\
+            :a:b:/x stream unix nowait root /bin/cat cat\n");
+        assert_eq!(p.errors.len(), 6, "{:?}", p.errors);
+        assert!(p.errors[0].message.contains("dgram services must be wait"));
+        for (i, e) in p.errors.iter().enumerate() {
+            assert_eq!(e.origin.line, i + 1);
+        }
     }
 
     #[test]
@@ -523,14 +662,19 @@ mod tests {
 
     #[test]
     fn listen_forms() {
-        assert_eq!(parse_listen("9999").unwrap().host, None);
+        assert_eq!(inet(&parse_listen("9999").unwrap()).0, None);
         let b = parse_listen("127.0.0.1:9999").unwrap();
-        assert_eq!(
-            (b.host.as_deref(), b.port.as_str()),
-            (Some("127.0.0.1"), "9999")
-        );
+        assert_eq!((inet(&b).0, inet(&b).1), (Some("127.0.0.1"), "9999"));
         let b = parse_listen("[::1]:80").unwrap();
-        assert_eq!((b.host.as_deref(), b.proto), (Some("::1"), Proto::Tcp6));
+        assert_eq!(inet(&b), (Some("::1"), "80", Family::V6));
+        assert!(matches!(
+            parse_listen("/run/x.sock").unwrap(),
+            RawBind::Unix { .. }
+        ));
+        assert!(matches!(
+            parse_listen("unix:/run/x.sock").unwrap(),
+            RawBind::Unix { .. }
+        ));
         assert!(parse_listen("[::1:80").is_err());
         assert!(parse_listen("host:http").is_err());
     }

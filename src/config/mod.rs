@@ -21,21 +21,58 @@ use crate::error::{ConfigError, Origin};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SockType {
     Stream,
+    Dgram,
+    SeqPacket,
 }
 
 impl SockType {
     pub fn as_str(self) -> &'static str {
         match self {
             SockType::Stream => "stream",
+            SockType::Dgram => "dgram",
+            SockType::SeqPacket => "seqpacket",
+        }
+    }
+
+    /// Connection-oriented: can be accepted per connection.
+    pub fn accepts(self) -> bool {
+        !matches!(self, SockType::Dgram)
+    }
+}
+
+/// Where an endpoint listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Inet(a) => write!(f, "{a}"),
+            Address::Unix(p) => write!(f, "{}", p.display()),
         }
     }
 }
+
+/// Owner, group and mode of a unix socket file, applied after bind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnixPerms {
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub mode: Option<u32>,
+}
+
+/// The mode of a unix socket file when none is configured (as systemd's
+/// `SocketMode=`).
+pub const DEFAULT_UNIX_MODE: u32 = 0o666;
 
 /// One address to listen on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub sock_type: SockType,
-    pub addr: SocketAddr,
+    pub addr: Address,
     /// `IPV6_V6ONLY` for IPv6 addresses: `true` serves IPv6 only, `false`
     /// makes one dual-stack socket.
     pub v6only: bool,
@@ -46,21 +83,32 @@ pub struct Endpoint {
     pub backlog: i32,
     pub sndbuf: Option<u32>,
     pub rcvbuf: Option<u32>,
+    pub perms: UnixPerms,
 }
 
 impl Endpoint {
     /// The protocol as inetd.conf would name this endpoint's socket.
     pub fn proto(&self) -> &'static str {
-        match (self.addr, self.v6only) {
-            (SocketAddr::V4(_), _) => "tcp4",
-            (SocketAddr::V6(_), true) => "tcp6",
-            (SocketAddr::V6(_), false) => "tcp46",
+        let udp = self.sock_type == SockType::Dgram;
+        match (&self.addr, self.v6only, udp) {
+            (Address::Unix(_), _, _) => "unix",
+            (Address::Inet(SocketAddr::V4(_)), _, false) => "tcp4",
+            (Address::Inet(SocketAddr::V6(_)), true, false) => "tcp6",
+            (Address::Inet(SocketAddr::V6(_)), false, false) => "tcp46",
+            (Address::Inet(SocketAddr::V4(_)), _, true) => "udp4",
+            (Address::Inet(SocketAddr::V6(_)), true, true) => "udp6",
+            (Address::Inet(SocketAddr::V6(_)), false, true) => "udp46",
         }
     }
 
     /// What identifies this socket across reloads.
-    pub fn bind_key(&self) -> (SockType, SocketAddr, bool) {
-        (self.sock_type, self.addr, self.v6only)
+    pub fn bind_key(&self) -> (SockType, Address, bool) {
+        (self.sock_type, self.addr.clone(), self.v6only)
+    }
+
+    /// A port 0 (the kernel picks one per socket): never a conflict.
+    fn ephemeral(&self) -> bool {
+        matches!(self.addr, Address::Inet(a) if a.port() == 0)
     }
 }
 
@@ -159,7 +207,8 @@ pub struct Service {
     /// `None`: run as doorman itself runs (no privilege change).
     pub creds: Option<Creds>,
     pub limits: Limits,
-    /// `LISTEN_FDNAMES` for the `fd3` hand-over.
+    /// `LISTEN_FDNAMES` for the `fd3` hand-over (default `connection` per
+    /// connection, the service name in wait mode, as systemd).
     pub fd_name: String,
 }
 
@@ -314,13 +363,13 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 
 /// Two services may not bind the same address: name both sources.
 fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
-    let mut seen: Vec<((SockType, SocketAddr, bool), &Service)> = Vec::new();
+    let mut seen: Vec<((SockType, Address, bool), &Service)> = Vec::new();
     for svc in services {
         for e in &svc.endpoints {
-            let key = e.bind_key();
-            if key.1.port() == 0 {
+            if e.ephemeral() {
                 continue; // the kernel picks a fresh port for each
             }
+            let key = e.bind_key();
             if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
                 errors.push(ConfigError::new(
                     &svc.origin,

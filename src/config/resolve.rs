@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-use super::inetd::{Proto, RawBind, RawService};
-use super::{Creds, Endpoint, Handler, Service};
+use super::inetd::{Family, RawBind, RawService};
+use super::{Address, Creds, Endpoint, Handler, Mode, Service, SockType, UnixPerms};
 use crate::error::ConfigError;
 
 /// The listen backlog when none is configured (what systemd uses).
@@ -97,9 +97,23 @@ impl Resolver {
             }
         }
 
+        if raw.mode == Mode::Wait
+            && raw.sock_type != SockType::Dgram
+            && raw.limits.max_instances.is_some_and(|m| m > 1)
+        {
+            warnings.push(format!(
+                "{origin}: {}: a {} wait service runs one instance per socket at a time; max-child > 1 only applies to dgram",
+                raw.name,
+                raw.sock_type.as_str()
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
+        let default_fd_name = match raw.mode {
+            Mode::Accept => "connection".to_string(),
+            Mode::Wait => raw.name.clone(),
+        };
         let svc = Service {
             name: raw.name.clone(),
             origin: origin.clone(),
@@ -112,30 +126,69 @@ impl Resolver {
             },
             creds,
             limits: raw.limits,
-            fd_name: raw.fd_name.clone().unwrap_or_else(|| "connection".into()),
+            fd_name: raw.fd_name.clone().unwrap_or(default_fd_name),
         };
         Ok((svc, warnings))
     }
 
     fn endpoints(&mut self, raw: &RawService, bind: &RawBind) -> Result<Vec<Endpoint>, String> {
-        let port = self.port(&bind.port, "tcp")?;
-        let mk = |ip: IpAddr, v6only: bool, optional: bool| Endpoint {
+        let base = Endpoint {
             sock_type: raw.sock_type,
-            addr: SocketAddr::new(ip, port),
-            v6only,
-            optional,
+            addr: Address::Unix(PathBuf::new()),
+            v6only: false,
+            optional: false,
             backlog: raw.backlog.unwrap_or(DEFAULT_BACKLOG),
             sndbuf: raw.sndbuf,
             rcvbuf: raw.rcvbuf,
+            perms: UnixPerms::default(),
+        };
+        let (host, port, family) = match bind {
+            RawBind::Unix {
+                path,
+                owner,
+                group,
+                mode,
+            } => {
+                let owner = match owner {
+                    Some(u) => Some(resolve_uid(u)?),
+                    None => None,
+                };
+                let group = match group {
+                    Some(g) => Some(resolve_group(g).map_err(|(_, m)| m)?),
+                    None => None,
+                };
+                return Ok(vec![Endpoint {
+                    addr: Address::Unix(PathBuf::from(path)),
+                    perms: UnixPerms {
+                        owner,
+                        group,
+                        mode: *mode,
+                    },
+                    ..base
+                }]);
+            }
+            RawBind::Inet { host, port, family } => (host, port, *family),
+        };
+        let proto = if raw.sock_type == SockType::Dgram {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let port = self.port(port, proto)?;
+        let mk = |ip: IpAddr, v6only: bool, optional: bool| Endpoint {
+            addr: Address::Inet(SocketAddr::new(ip, port)),
+            v6only,
+            optional,
+            ..base.clone()
         };
         let v4any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let v6any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-        let Some(host) = &bind.host else {
-            return Ok(match bind.proto {
-                Proto::Tcp => vec![mk(v4any, false, false), mk(v6any, true, true)],
-                Proto::Tcp4 => vec![mk(v4any, false, false)],
-                Proto::Tcp6 | Proto::Tcp6Only => vec![mk(v6any, true, false)],
-                Proto::Tcp46 => vec![mk(v6any, false, false)],
+        let Some(host) = host else {
+            return Ok(match family {
+                Family::Both => vec![mk(v4any, false, false), mk(v6any, true, true)],
+                Family::V4 => vec![mk(v4any, false, false)],
+                Family::V6 | Family::V6Only => vec![mk(v6any, true, false)],
+                Family::Dual => vec![mk(v6any, false, false)],
             });
         };
         let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
@@ -144,12 +197,12 @@ impl Resolver {
         };
         let mut out = Vec::new();
         for ip in ips {
-            let e = match (bind.proto, ip) {
-                (Proto::Tcp | Proto::Tcp4 | Proto::Tcp46, IpAddr::V4(_)) => mk(ip, false, false),
-                (Proto::Tcp | Proto::Tcp6 | Proto::Tcp6Only, IpAddr::V6(_)) => mk(ip, true, false),
-                (Proto::Tcp46, IpAddr::V6(_)) => mk(ip, false, false),
-                (Proto::Tcp4, IpAddr::V6(_)) => continue,
-                (Proto::Tcp6 | Proto::Tcp6Only, IpAddr::V4(_)) => continue,
+            let e = match (family, ip) {
+                (Family::Both | Family::V4 | Family::Dual, IpAddr::V4(_)) => mk(ip, false, false),
+                (Family::Both | Family::V6 | Family::V6Only, IpAddr::V6(_)) => mk(ip, true, false),
+                (Family::Dual, IpAddr::V6(_)) => mk(ip, false, false),
+                (Family::V4, IpAddr::V6(_)) => continue,
+                (Family::V6 | Family::V6Only, IpAddr::V4(_)) => continue,
             };
             if !out.contains(&e) {
                 out.push(e);
@@ -271,6 +324,19 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
         gid,
         groups,
     })
+}
+
+/// A user name or number, for a socket file's owner.
+fn resolve_uid(user: &str) -> Result<u32, String> {
+    if let Ok(Some(u)) = User::from_name(user) {
+        return Ok(u.uid.as_raw());
+    }
+    if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) {
+        return user
+            .parse()
+            .map_err(|_| format!("uid {user} is out of range"));
+    }
+    Err(format!("unknown user {user:?} for the socket's owner"))
 }
 
 fn resolve_group(group: &str) -> Result<u32, (&'static str, String)> {

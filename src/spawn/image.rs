@@ -10,6 +10,7 @@ use std::ffi::{CString, OsStr};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::ptr;
 
 use libc::{c_char, c_int, gid_t};
@@ -31,6 +32,13 @@ const RESERVED: &[&str] = &[
     "TCPREMOTEPORT",
     "TCPLOCALIP",
     "TCPLOCALPORT",
+    "REMOTE_UID",
+    "REMOTE_GID",
+    "REMOTE_PID",
+    "IPCREMOTEEUID",
+    "IPCREMOTEEGID",
+    "IPCREMOTEPID",
+    "IPCLOCALPATH",
 ];
 
 /// Width of the `LISTEN_PID` digit slot: enough for any 64-bit pid.
@@ -104,11 +112,68 @@ impl Image {
     }
 }
 
-/// The addresses of one TCP connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer {
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
+/// Who is on the other end of the socket being handed over.
+#[derive(Clone, Debug)]
+pub enum Peer {
+    /// A TCP connection: both addresses.
+    Tcp {
+        remote: SocketAddr,
+        local: SocketAddr,
+    },
+    /// A unix connection: the peer's credentials (`SO_PEERCRED`) and the
+    /// socket's path.
+    Unix {
+        uid: u32,
+        gid: u32,
+        pid: i32,
+        path: PathBuf,
+    },
+    /// A `wait` service: the listening socket itself, no peer yet.
+    Listener,
+}
+
+impl Peer {
+    /// The connection's variables (none for a listening socket).
+    fn env(&self) -> Vec<CString> {
+        match self {
+            Peer::Tcp { remote, local } => {
+                let rip = remote.ip().to_canonical().to_string();
+                let rport = remote.port().to_string();
+                let lip = local.ip().to_canonical().to_string();
+                let lport = local.port().to_string();
+                vec![
+                    cstring(&format!("REMOTE_ADDR={rip}")),
+                    cstring(&format!("REMOTE_PORT={rport}")),
+                    cstring(&format!("REMOTE_HOST={rip}")),
+                    cstring("PROTO=TCP"),
+                    cstring(&format!("TCPREMOTEIP={rip}")),
+                    cstring(&format!("TCPREMOTEPORT={rport}")),
+                    cstring(&format!("TCPLOCALIP={lip}")),
+                    cstring(&format!("TCPLOCALPORT={lport}")),
+                ]
+            }
+            Peer::Unix {
+                uid,
+                gid,
+                pid,
+                path,
+            } => {
+                let mut path_var = b"IPCLOCALPATH=".to_vec();
+                path_var.extend_from_slice(path.as_os_str().as_bytes());
+                vec![
+                    cstring(&format!("REMOTE_UID={uid}")),
+                    cstring(&format!("REMOTE_GID={gid}")),
+                    cstring(&format!("REMOTE_PID={pid}")),
+                    cstring("PROTO=UNIX"),
+                    cstring(&format!("IPCREMOTEEUID={uid}")),
+                    cstring(&format!("IPCREMOTEEGID={gid}")),
+                    cstring(&format!("IPCREMOTEPID={pid}")),
+                    CString::new(path_var).unwrap_or_default(),
+                ]
+            }
+            Peer::Listener => Vec::new(),
+        }
+    }
 }
 
 /// One spawn: the envp of this connection and the fd moves. Lives on the
@@ -124,23 +189,11 @@ pub struct Launch<'a> {
 }
 
 impl<'a> Launch<'a> {
-    /// Prepares a spawn of `image` for the connected socket `conn`.
-    /// `devnull` is an open /dev/null, used by the `fd3` hand-over.
+    /// Prepares a spawn of `image` handing it `conn` (a connected socket,
+    /// or the listening socket of a `wait` service). `devnull` is an open
+    /// /dev/null, used by the `fd3` hand-over.
     pub fn new(image: &'a Image, base: &BaseEnv, conn: RawFd, peer: &Peer, devnull: RawFd) -> Self {
-        let rip = peer.remote.ip().to_canonical().to_string();
-        let rport = peer.remote.port().to_string();
-        let lip = peer.local.ip().to_canonical().to_string();
-        let lport = peer.local.port().to_string();
-        let env = vec![
-            cstring(&format!("REMOTE_ADDR={rip}")),
-            cstring(&format!("REMOTE_PORT={rport}")),
-            cstring(&format!("REMOTE_HOST={rip}")),
-            cstring("PROTO=TCP"),
-            cstring(&format!("TCPREMOTEIP={rip}")),
-            cstring(&format!("TCPREMOTEPORT={rport}")),
-            cstring(&format!("TCPLOCALIP={lip}")),
-            cstring(&format!("TCPLOCALPORT={lport}")),
-        ];
+        let env = peer.env();
         let mut envp: Vec<*const c_char> = Vec::with_capacity(base.vars.len() + env.len() + 4);
         envp.extend(base.vars.iter().map(|c| c.as_ptr()));
         envp.extend(env.iter().map(|c| c.as_ptr()));

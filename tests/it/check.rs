@@ -57,7 +57,7 @@ fn check_reports_every_error_with_file_and_line() {
          9996 stream tcp nowait root:no-such-group /bin/cat cat\n\
          9995 stream tcp\n\
          9994 stream tcp nowait,handover=pipe root /bin/cat cat\n\
-         9993 dgram udp wait root /usr/sbin/in.tftpd in.tftpd\n",
+         9993 dgram udp nowait root /usr/sbin/in.tftpd in.tftpd\n",
         false,
     );
     let path = conf.to_str().unwrap();
@@ -71,19 +71,24 @@ fn check_reports_every_error_with_file_and_line() {
         (6, "group: unknown group \"no-such-group\""),
         (7, "expected at least 6 fields"),
         (8, "wait: handover=\"pipe\""),
+        (9, "wait: dgram services must be wait"),
     ] {
         let needle = format!("doorman: {path}:{line}: {what}");
         assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
     }
-    assert_eq!(err.lines().count(), 6, "{err}");
-    // Line 4 (no argv0) and line 1 are fine; line 9 is only a warning
-    // when the file is otherwise valid.
-    let ok = dir.write("ok.conf", "9993 dgram udp wait root /usr/sbin/in.tftpd in.tftpd\n9999 stream tcp nowait root /bin/cat\n", false);
+    assert_eq!(err.lines().count(), 7, "{err}");
+    // Line 4 (no argv0) and line 1 are fine; an unsupported socket type is
+    // only a warning when the file is otherwise valid.
+    let ok = dir.write(
+        "ok.conf",
+        "9993 raw icmp wait root /usr/sbin/pingd pingd\n9999 stream tcp nowait root /bin/cat\n",
+        false,
+    );
     let (code, out, err) = run(&["--check", "-f", ok.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(&format!(
-            "{}:1: socket type \"dgram\" is not supported yet; line skipped",
+            "{}:1: socket type \"raw\" is not supported; line skipped",
             ok.display()
         )),
         "{err}"

@@ -6,3 +6,4 @@ mod cli;
 mod examples;
 mod nowait;
 mod util;
+mod wait;
