@@ -263,6 +263,16 @@ impl fmt::Display for Service {
             if e.optional {
                 write!(f, "?")?;
             }
+            if let Address::Unix(_) = e.addr {
+                let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+                write!(
+                    f,
+                    "(owner={} group={} mode={:04o})",
+                    id(e.perms.owner),
+                    id(e.perms.group),
+                    e.perms.mode.unwrap_or(DEFAULT_UNIX_MODE)
+                )?;
+            }
         }
         let mode = match self.mode {
             Mode::Accept => "nowait",

@@ -5,5 +5,6 @@ mod check;
 mod cli;
 mod examples;
 mod nowait;
+mod unix;
 mod util;
 mod wait;
