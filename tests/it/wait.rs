@@ -253,3 +253,37 @@ fn seed_wait_handler_is_not_mistaken_for_a_spin() {
     }
     assert_eq!(d.log.count(&["pause service="]), 0, "{}", d.log.text());
 }
+
+#[test]
+fn dgram_wait_max_child_shares_the_socket() {
+    // Each instance reads one datagram, records it, holds on for a while.
+    let dir = TempDir::new();
+    dir.write(
+        "slow.py",
+        "import os, socket, sys, time\ns = socket.socket(fileno=0)\nd = s.recv(100)\nopen(os.path.join(sys.argv[1], d.decode()), 'w').write(str(os.getpid()))\ntime.sleep(1.5)\n",
+        false,
+    );
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 dgram udp wait/3 root /usr/bin/python3 python3 {dir}/slow.py {dir}\n",
+        &[],
+    );
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut most = 0;
+    for i in 0..5 {
+        sock.send_to(format!("d{i}").as_bytes(), d.addr(0)).unwrap();
+        let until = Instant::now() + Duration::from_millis(350);
+        while Instant::now() < until {
+            most = most.max(children_of(d.pid()).len());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // All five datagrams served, by at most three instances at a time.
+    assert!(eventually(DEADLINE, || (0..5).all(|i| d
+        .dir
+        .path()
+        .join(format!("d{i}"))
+        .exists())));
+    assert_eq!(most, 3, "{}", d.log.text());
+    assert_eq!(d.log.count(&["wake service="]), 5);
+}
