@@ -135,6 +135,16 @@ fn wait_stream_handler_serves_queued_clients() {
     assert_eq!(distinct.len(), d.log.count(&["wake service="]));
 }
 
+/// Fetches big.bin with the tftp-hpa client into `dest`; its bytes.
+fn tftp_get(port: &str, dest: &std::path::Path) -> Vec<u8> {
+    Command::new("tftp")
+        .args(["-m", "binary", "127.0.0.1", port, "-c", "get", "big.bin"])
+        .arg(dest)
+        .status()
+        .expect("tftp is required (apt-get install tftp-hpa)");
+    std::fs::read(dest).unwrap_or_default()
+}
+
 #[test]
 fn tftpd_over_udp_wait() {
     let dir = TempDir::new();
@@ -155,23 +165,7 @@ fn tftpd_over_udp_wait() {
     let port = d.addr(0).port().to_string();
     let out = d.dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let fetch = |name: &str| {
-        let dest = out.join(name);
-        Command::new("tftp")
-            .args([
-                "-m",
-                "binary",
-                "127.0.0.1",
-                &port,
-                "-c",
-                "get",
-                "big.bin",
-                dest.to_str().unwrap(),
-            ])
-            .status()
-            .expect("tftp is required (apt-get install tftp-hpa)");
-        std::fs::read(dest).unwrap_or_default()
-    };
+    let fetch = |name: &str| tftp_get(&port, &out.join(name));
     assert!(fetch("first.bin") == data, "first fetch differs");
     assert!(
         d.log
@@ -187,22 +181,7 @@ fn tftpd_over_udp_wait() {
         .map(|i| {
             let port = port.clone();
             let dest = out.join(format!("c{i}.bin"));
-            std::thread::spawn(move || {
-                Command::new("tftp")
-                    .args([
-                        "-m",
-                        "binary",
-                        "127.0.0.1",
-                        &port,
-                        "-c",
-                        "get",
-                        "big.bin",
-                        dest.to_str().unwrap(),
-                    ])
-                    .status()
-                    .unwrap();
-                std::fs::read(dest).unwrap_or_default()
-            })
+            std::thread::spawn(move || tftp_get(&port, &dest))
         })
         .collect();
     for r in results {
