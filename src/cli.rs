@@ -243,7 +243,7 @@ impl Args {
         let handover = match &self.handover {
             Some(h) => Handover::parse(h)
                 .ok_or_else(|| usage(format!("--handover {h:?}: expected inetd, stdio or fd3")))?,
-            None => Handover::Stdio,
+            None => Handover::STDIO,
         };
         let base = program.rsplit('/').next().unwrap_or(program);
         let name = self.name.clone().unwrap_or_else(|| base.to_string());
@@ -260,23 +260,16 @@ impl Args {
             }),
             ..Limits::default()
         };
-        Ok(RawService {
-            origin: Origin::command_line(),
-            fd_name: Some(name.clone()),
-            name,
-            binds,
-            sock_type,
-            sndbuf: None,
-            rcvbuf: None,
-            backlog: None,
-            mode,
-            handover,
-            limits,
-            user: self.user.clone(),
-            group: self.group.clone(),
-            program: program.clone(),
-            argv: self.command.clone(),
-            search_path: true,
-        })
+        let mut svc = RawService::new(Origin::command_line(), &name, sock_type, mode);
+        svc.fd_name = Some(name);
+        svc.binds = binds;
+        svc.handover = handover;
+        svc.limits = limits;
+        svc.user = self.user.clone();
+        svc.group = self.group.clone();
+        svc.program = program.clone();
+        svc.argv = self.command.clone();
+        svc.search_path = true;
+        Ok(svc)
     }
 }

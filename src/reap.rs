@@ -23,10 +23,20 @@ pub struct Child {
     /// `addr:port` of the peer, for log lines.
     pub peer: String,
     pub started: Instant,
-    /// For a `wait` service: the listener handed over, and how much was
-    /// queued on it at the start (to tell a handler that serves from one
-    /// that exits without consuming anything).
-    pub wait: Option<(usize, Option<u64>)>,
+    /// For a `wait` service: the listeners it holds.
+    pub wait: Option<WaitHold>,
+}
+
+/// The listeners a `wait` handler holds, and what woke it.
+#[derive(Clone, Debug)]
+pub struct WaitHold {
+    /// Every listener handed over (all of the service's with `LISTEN_FDS`).
+    pub listeners: Vec<usize>,
+    /// The one that was readable.
+    pub woke: usize,
+    /// How much was queued on it at the start, to tell a handler that
+    /// serves from one that exits without consuming anything.
+    pub queued: Option<u64>,
 }
 
 /// How a child ended.

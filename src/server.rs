@@ -24,7 +24,7 @@ use crate::config::{Address, Handler, Loaded, Mode, Service, SockType};
 use crate::error::Error;
 use crate::listen::{self, storage_to_std, UnlinkOnDrop};
 use crate::policy::{Counters, Decision};
-use crate::reap::{Child, Children, Exit, Outcome};
+use crate::reap::{Child, Children, Exit, Outcome, WaitHold};
 use crate::signals::{self, Signal, Trap};
 use crate::spawn::image::{BaseEnv, Image, Launch, Peer};
 use crate::spawn::{self};
@@ -156,7 +156,7 @@ impl Server {
                             b.local,
                             ep.sock_type.as_str(),
                             ep.proto(),
-                            svc.handover.as_str()
+                            svc.handover.name()
                         );
                         listeners.push(server.listeners.len());
                         server.listeners.push(ListenerRt {
@@ -188,7 +188,7 @@ impl Server {
                     }
                 }
             }
-            let image = Image::new(&svc, &reset);
+            let image = Image::new(&svc, &server.base_env, &reset);
             server.services.push(ServiceRt {
                 svc,
                 image,
@@ -459,13 +459,8 @@ impl Server {
             return;
         }
         let rt = &mut self.services[s];
-        let mut launch = Launch::new(
-            &rt.image,
-            &self.base_env,
-            conn.as_raw_fd(),
-            &peer,
-            self.devnull.as_raw_fd(),
-        );
+        let fd = conn.as_raw_fd();
+        let mut launch = Launch::new(&rt.image, fd, &[fd], &peer, self.devnull.as_raw_fd());
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
                 info!("accept service={} peer={shown} pid={pid}", rt.svc.label());
@@ -540,10 +535,21 @@ impl Server {
         let l = &self.listeners[li];
         let queued = listen::queued(lfd, l.sock_type, l.inet());
         let rt = &mut self.services[s];
+        // With LISTEN_FDS the handler gets all of the service's sockets, in
+        // configuration order (systemd Accept=no); otherwise just this one.
+        let group: Vec<usize> = if rt.svc.handover.listen_fds {
+            rt.listeners.clone()
+        } else {
+            vec![li]
+        };
+        let fds: Vec<RawFd> = group
+            .iter()
+            .map(|&g| self.listeners[g].fd.as_raw_fd())
+            .collect();
         let mut launch = Launch::new(
             &rt.image,
-            &self.base_env,
             lfd,
+            &fds,
             &Peer::Listener,
             self.devnull.as_raw_fd(),
         );
@@ -552,6 +558,13 @@ impl Server {
                 info!("wake service={} addr={} pid={pid}", rt.svc.label(), l.local);
                 let allows_more = l.sock_type == SockType::Dgram
                     && rt.svc.limits.max_instances.is_some_and(|m| m > 1);
+                for &g in &group {
+                    let w = &mut self.listeners[g].wait;
+                    w.running += 1;
+                    if allows_more {
+                        w.rearm_at = Some(now + DGRAM_REARM);
+                    }
+                }
                 self.children.insert(
                     pid,
                     Child {
@@ -559,14 +572,13 @@ impl Server {
                         source: None,
                         peer: "-".into(),
                         started: now,
-                        wait: Some((li, queued)),
+                        wait: Some(WaitHold {
+                            listeners: group,
+                            woke: li,
+                            queued,
+                        }),
                     },
                 );
-                let w = &mut self.listeners[li].wait;
-                w.running += 1;
-                if allows_more {
-                    w.rearm_at = Some(now + DGRAM_REARM);
-                }
             }
             Err(e) => {
                 log_spawn_error(&rt.svc, &e, "-");
@@ -596,8 +608,8 @@ impl Server {
                 exit.duration.as_millis()
             );
             rt.counters.release(child.source);
-            if let Some((li, before)) = child.wait {
-                self.wait_exited(li, before, &exit, now);
+            if let Some(hold) = &child.wait {
+                self.wait_exited(hold, &exit, now);
             }
             self.sync(s);
         }
@@ -607,11 +619,16 @@ impl Server {
     /// readable and its queue no shorter (or, where the kernel does not
     /// tell the queue, exiting with a failure) made no progress; after
     /// [`SPIN_LIMIT`] in a row the service pauses like a looping one.
-    fn wait_exited(&mut self, li: usize, before: Option<u64>, exit: &Exit, now: Instant) {
-        let Some(l) = self.listeners.get_mut(li) else {
+    fn wait_exited(&mut self, hold: &WaitHold, exit: &Exit, now: Instant) {
+        for &g in &hold.listeners {
+            if let Some(l) = self.listeners.get_mut(g) {
+                l.wait.running = l.wait.running.saturating_sub(1);
+            }
+        }
+        let before = hold.queued;
+        let Some(l) = self.listeners.get_mut(hold.woke) else {
             return; // stopping: the listeners are closed
         };
-        l.wait.running = l.wait.running.saturating_sub(1);
         let fd = l.fd.as_raw_fd();
         let after = listen::queued(fd, l.sock_type, l.inet());
         let no_progress = match (before, after) {
@@ -695,20 +712,50 @@ impl Server {
             }
             return 0;
         }
-        for (pid, _) in self.children.iter() {
-            let _ = killpg(pid, NixSignal::SIGTERM);
+        // Each handler as its service says (systemd KillSignal=,
+        // KillMode=, TimeoutStopSec=); the longest timeout bounds the wait.
+        let mut timeout = Duration::ZERO;
+        let mut signalled = 0;
+        for (pid, c) in self.children.iter() {
+            let Some(rt) = self.services.get(c.service) else {
+                continue;
+            };
+            let spec = rt.svc.stop;
+            let Ok(sig) = NixSignal::try_from(spec.signal) else {
+                continue;
+            };
+            match spec.group {
+                None => continue,
+                Some(true) => drop(killpg(pid, sig)),
+                Some(false) => drop(nix::sys::signal::kill(pid, sig)),
+            }
+            signalled += 1;
+            timeout = timeout.max(spec.timeout.unwrap_or(self.opts.stop_timeout));
         }
         info!(
-            "stop: sent SIGTERM to {} handlers, waiting up to {}s",
+            "stop: signalled {signalled} of {} handlers, waiting up to {}s",
             self.children.len(),
-            self.opts.stop_timeout.as_secs()
+            timeout.as_secs()
         );
-        let deadline = Instant::now() + self.opts.stop_timeout;
+        let deadline = Instant::now() + timeout;
         let mut events = Events::with_capacity(16);
-        while !self.children.is_empty() {
+        while self.children.iter().any(|(_, c)| {
+            self.services
+                .get(c.service)
+                .is_some_and(|s| s.svc.stop.group.is_some())
+        }) {
             let now = Instant::now();
             if now >= deadline {
-                let left: Vec<nix::unistd::Pid> = self.children.iter().map(|(p, _)| p).collect();
+                let left: Vec<nix::unistd::Pid> = self
+                    .children
+                    .iter()
+                    .filter(|(_, c)| {
+                        self.services
+                            .get(c.service)
+                            .is_some_and(|s| s.svc.stop.group.is_some())
+                    })
+                    .map(|(p, _)| p)
+                    .collect();
                 for pid in left {
                     warn!("stop: pid={pid} still running, sending SIGKILL");
                     let _ = killpg(pid, NixSignal::SIGKILL);

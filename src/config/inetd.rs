@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Handover, Limits, Mode, Rate, SockType};
+use super::{ExecSpec, Handover, Limits, Mode, Rate, SockOpts, SockType, StopSpec};
 use crate::error::{ConfigError, Origin};
 
 /// The classic default for `nowait.N`: 256 spawns per 60 s (OpenBSD `toomany`).
@@ -57,7 +57,8 @@ pub enum RawBind {
     },
 }
 
-/// A service as written, before names are resolved.
+/// A service as written, before names are resolved: what every front end
+/// (inetd.conf, xinetd, systemd units, the command line) produces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawService {
     pub origin: Origin,
@@ -67,16 +68,66 @@ pub struct RawService {
     pub sndbuf: Option<u32>,
     pub rcvbuf: Option<u32>,
     pub backlog: Option<i32>,
+    /// Overrides the family's `IPV6_V6ONLY` choice (systemd
+    /// `BindIPv6Only=`, xinetd `v6only`).
+    pub v6only: Option<bool>,
+    pub sock_opts: SockOpts,
     pub mode: Mode,
     pub handover: Handover,
     pub limits: Limits,
     pub user: Option<String>,
     pub group: Option<String>,
+    /// Extra supplementary groups (systemd `SupplementaryGroups=`).
+    pub supplementary_groups: Vec<String>,
+    /// Give the handler the user's groups from the group database (as
+    /// `initgroups`); xinetd does so only with `groups = yes`.
+    pub init_groups: bool,
     pub program: String,
     pub argv: Vec<String>,
     pub fd_name: Option<String>,
     /// A program without a `/` is looked up in `PATH` (command line only).
     pub search_path: bool,
+    pub description: Option<String>,
+    pub exec: ExecSpec,
+    /// `KEY=VALUE` files read at load time (systemd `EnvironmentFile=`);
+    /// `true`: a missing file is not an error (the `-` prefix).
+    pub env_files: Vec<(String, bool)>,
+    pub stop: StopSpec,
+}
+
+impl RawService {
+    /// A service with every setting at doorman's default.
+    pub fn new(origin: Origin, name: &str, sock_type: SockType, mode: Mode) -> RawService {
+        RawService {
+            origin,
+            name: name.to_string(),
+            binds: Vec::new(),
+            sock_type,
+            sndbuf: None,
+            rcvbuf: None,
+            backlog: None,
+            v6only: None,
+            sock_opts: SockOpts::default(),
+            mode,
+            handover: Handover::INETD,
+            limits: Limits::default(),
+            user: None,
+            group: None,
+            supplementary_groups: Vec::new(),
+            init_groups: true,
+            program: String::new(),
+            argv: Vec::new(),
+            fd_name: None,
+            search_path: false,
+            description: None,
+            exec: ExecSpec {
+                inherit_env: true,
+                ..ExecSpec::default()
+            },
+            env_files: Vec::new(),
+            stop: StopSpec::default(),
+        }
+    }
 }
 
 /// What one file yielded.
@@ -336,24 +387,19 @@ fn parse_line(
         vec![base.to_string()]
     };
 
-    Ok(LineOutcome::Service(Box::new(RawService {
-        origin: origin.clone(),
-        name,
-        binds: vec![bind],
-        sock_type,
-        sndbuf,
-        rcvbuf,
-        backlog: wait.backlog,
-        mode: wait.mode,
-        handover: wait.handover.unwrap_or(Handover::Inetd),
-        limits: wait.limits,
-        user: Some(user),
-        group,
-        program: program.to_string(),
-        argv,
-        fd_name: wait.fd_name,
-        search_path: false,
-    })))
+    let mut svc = RawService::new(origin.clone(), &name, sock_type, wait.mode);
+    svc.binds = vec![bind];
+    svc.sndbuf = sndbuf;
+    svc.rcvbuf = rcvbuf;
+    svc.backlog = wait.backlog;
+    svc.handover = wait.handover.unwrap_or(Handover::INETD);
+    svc.limits = wait.limits;
+    svc.user = Some(user);
+    svc.group = group;
+    svc.program = program.to_string();
+    svc.argv = argv;
+    svc.fd_name = wait.fd_name;
+    Ok(LineOutcome::Service(Box::new(svc)))
 }
 
 /// What the wait field says.
@@ -558,7 +604,7 @@ mod tests {
         assert_eq!(s.argv, vec!["cat", "-u"]);
         assert_eq!(s.user.as_deref(), Some("root"));
         assert_eq!(s.limits.rate, Some(DEFAULT_RATE));
-        assert_eq!(s.handover, Handover::Inetd);
+        assert_eq!(s.handover, Handover::INETD);
     }
 
     #[test]
@@ -581,7 +627,7 @@ mod tests {
         assert_eq!(w.limits.max_per_source, Some(1));
         assert_eq!(w.limits.rate, Some(DEFAULT_RATE));
         let w = parse_wait("nowait/10,handover=fd3,fdname=web").unwrap();
-        assert_eq!(w.handover, Some(Handover::Fd3));
+        assert_eq!(w.handover, Some(Handover::FD3));
         assert_eq!(w.fd_name.as_deref(), Some("web"));
         assert_eq!(parse_wait("nowait.0").unwrap().limits.rate, None);
         assert!(parse_wait("nowiat").is_err());

@@ -84,6 +84,22 @@ pub struct Endpoint {
     pub sndbuf: Option<u32>,
     pub rcvbuf: Option<u32>,
     pub perms: UnixPerms,
+    pub opts: SockOpts,
+}
+
+/// Socket options beyond the address (systemd `.socket` directives, xinetd
+/// flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOpts {
+    pub reuseport: bool,
+    pub freebind: bool,
+    pub keepalive: bool,
+    pub nodelay: bool,
+    /// Mode of directories created for a unix socket (default 0755).
+    pub directory_mode: Option<u32>,
+    /// Keep the unix socket file when doorman exits (systemd
+    /// `RemoveOnStop=no`, its default).
+    pub keep_on_stop: bool,
 }
 
 impl Endpoint {
@@ -120,33 +136,131 @@ pub enum Mode {
     Wait,
 }
 
-/// How the socket is handed to the handler.
+/// What one of the handler's fds 0, 1 and 2 is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Handover {
-    /// The socket on fds 0, 1 and 2, as classic inetd.
-    Inetd,
-    /// The socket on fds 0 and 1; fd 2 stays doorman's stderr (UCSPI).
-    Stdio,
-    /// The socket on fd 3 with `LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`
-    /// (systemd); fds 0 and 1 on /dev/null, fd 2 doorman's stderr.
-    Fd3,
+pub enum StdFd {
+    /// The socket handed over.
+    Socket,
+    /// /dev/null.
+    Null,
+    /// doorman's own stderr (its log).
+    Log,
+}
+
+impl StdFd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StdFd::Socket => "socket",
+            StdFd::Null => "null",
+            StdFd::Log => "log",
+        }
+    }
+}
+
+/// How the socket is handed to the handler: what fds 0, 1 and 2 are, and
+/// whether the socket(s) also go to fd 3 on with `LISTEN_FDS` (systemd).
+/// The three named modes are presets; systemd's `StandardInput=` & co.
+/// can make other combinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handover {
+    pub stdin: StdFd,
+    pub stdout: StdFd,
+    pub stderr: StdFd,
+    pub listen_fds: bool,
 }
 
 impl Handover {
+    /// The socket on fds 0, 1 and 2, as classic inetd.
+    pub const INETD: Handover = Handover {
+        stdin: StdFd::Socket,
+        stdout: StdFd::Socket,
+        stderr: StdFd::Socket,
+        listen_fds: false,
+    };
+    /// The socket on fds 0 and 1; fd 2 stays doorman's stderr (UCSPI).
+    pub const STDIO: Handover = Handover {
+        stdin: StdFd::Socket,
+        stdout: StdFd::Socket,
+        stderr: StdFd::Log,
+        listen_fds: false,
+    };
+    /// The socket on fd 3 with `LISTEN_FDS=1`, `LISTEN_PID`,
+    /// `LISTEN_FDNAMES` (systemd); fds 0 and 1 on /dev/null, fd 2 doorman's
+    /// stderr.
+    pub const FD3: Handover = Handover {
+        stdin: StdFd::Null,
+        stdout: StdFd::Null,
+        stderr: StdFd::Log,
+        listen_fds: true,
+    };
+
     pub fn parse(s: &str) -> Option<Handover> {
         match s {
-            "inetd" => Some(Handover::Inetd),
-            "stdio" => Some(Handover::Stdio),
-            "fd3" => Some(Handover::Fd3),
+            "inetd" => Some(Handover::INETD),
+            "stdio" => Some(Handover::STDIO),
+            "fd3" => Some(Handover::FD3),
             _ => None,
         }
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Handover::Inetd => "inetd",
-            Handover::Stdio => "stdio",
-            Handover::Fd3 => "fd3",
+    /// The preset's name, or the fds spelled out.
+    pub fn name(&self) -> String {
+        match *self {
+            Handover::INETD => "inetd".into(),
+            Handover::STDIO => "stdio".into(),
+            Handover::FD3 => "fd3".into(),
+            h => format!(
+                "stdin:{},stdout:{},stderr:{}{}",
+                h.stdin.as_str(),
+                h.stdout.as_str(),
+                h.stderr.as_str(),
+                if h.listen_fds { ",fd3" } else { "" }
+            ),
+        }
+    }
+}
+
+/// One resource limit set in the handler (`setrlimit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `RLIMIT_*` as the C library numbers it.
+    pub resource: i32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The handler's process settings beyond credentials.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Pass doorman's own environment on (systemd units and inetd.conf);
+    /// `false` gives only `pass` and `set` (xinetd).
+    pub inherit_env: bool,
+    /// Variables passed from doorman's environment when not inheriting it.
+    pub pass_env: Vec<String>,
+    /// Variables set (after inheritance; the last setting wins).
+    pub set_env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub umask: Option<u32>,
+    pub nice: Option<i32>,
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// How a handler is stopped when doorman stops it (`--stop-children`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopSpec {
+    pub signal: i32,
+    /// Signal the whole process group (systemd `KillMode=control-group`/
+    /// `mixed`), or only the handler (`process`); `None`: leave it running.
+    pub group: Option<bool>,
+    pub timeout: Option<Duration>,
+}
+
+impl Default for StopSpec {
+    fn default() -> Self {
+        StopSpec {
+            signal: libc::SIGTERM,
+            group: Some(true),
+            timeout: None,
         }
     }
 }
@@ -210,6 +324,10 @@ pub struct Service {
     /// `LISTEN_FDNAMES` for the `fd3` hand-over (default `connection` per
     /// connection, the service name in wait mode, as systemd).
     pub fd_name: String,
+    /// A description for logs (systemd `Description=`).
+    pub description: Option<String>,
+    pub exec: ExecSpec,
+    pub stop: StopSpec,
 }
 
 impl Service {
@@ -278,7 +396,7 @@ impl fmt::Display for Service {
             Mode::Accept => "nowait",
             Mode::Wait => "wait",
         };
-        write!(f, " mode={mode} handover={}", self.handover.as_str())?;
+        write!(f, " mode={mode} handover={}", self.handover.name())?;
         match &self.creds {
             Some(c) => write!(f, " user={}({}) group={}", c.user, c.uid, c.gid)?,
             None => write!(f, " user=-")?,

@@ -57,13 +57,36 @@ impl Resolver {
 
         let creds = match &raw.user {
             Some(user) => match resolve_creds(user, raw.group.as_deref()) {
-                Ok(c) => Some(c),
+                Ok(mut c) => {
+                    if !raw.init_groups {
+                        c.groups = vec![c.gid];
+                    }
+                    for g in &raw.supplementary_groups {
+                        match resolve_group(g) {
+                            Ok(gid) if !c.groups.contains(&gid) => c.groups.push(gid),
+                            Ok(_) => {}
+                            Err((_, m)) => errors.push(ConfigError::new(
+                                origin,
+                                Some("supplementary groups"),
+                                m,
+                            )),
+                        }
+                    }
+                    Some(c)
+                }
                 Err((field, m)) => {
                     errors.push(ConfigError::new(origin, Some(field), m));
                     None
                 }
             },
             None => {
+                if !raw.supplementary_groups.is_empty() {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("supplementary groups"),
+                        "supplementary groups given without a user",
+                    ));
+                }
                 if let Some(g) = &raw.group {
                     errors.push(ConfigError::new(
                         origin,
@@ -107,6 +130,27 @@ impl Resolver {
                 raw.sock_type.as_str()
             ));
         }
+        let mut exec = raw.exec.clone();
+        for (file, optional) in &raw.env_files {
+            match std::fs::read_to_string(file) {
+                Ok(text) => exec.set_env.extend(parse_env_file(&text)),
+                Err(e) if *optional && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(ConfigError::new(
+                    origin,
+                    Some("environment file"),
+                    format!("{file}: {e}"),
+                )),
+            }
+        }
+        if let Some(cwd) = &exec.cwd {
+            if !cwd.is_absolute() {
+                errors.push(ConfigError::new(
+                    origin,
+                    Some("working directory"),
+                    format!("{} is not an absolute path", cwd.display()),
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -127,6 +171,9 @@ impl Resolver {
             creds,
             limits: raw.limits,
             fd_name: raw.fd_name.clone().unwrap_or(default_fd_name),
+            description: raw.description.clone(),
+            exec,
+            stop: raw.stop,
         };
         Ok((svc, warnings))
     }
@@ -141,6 +188,7 @@ impl Resolver {
             sndbuf: raw.sndbuf,
             rcvbuf: raw.rcvbuf,
             perms: UnixPerms::default(),
+            opts: raw.sock_opts,
         };
         let (host, port, family) = match bind {
             RawBind::Unix {
@@ -177,7 +225,7 @@ impl Resolver {
         let port = self.port(port, proto)?;
         let mk = |ip: IpAddr, v6only: bool, optional: bool| Endpoint {
             addr: Address::Inet(SocketAddr::new(ip, port)),
-            v6only,
+            v6only: raw.v6only.unwrap_or(v6only),
             optional,
             ..base.clone()
         };
@@ -238,6 +286,34 @@ impl Resolver {
                 )
             })
     }
+}
+
+/// An environment file (systemd `EnvironmentFile=`): `KEY=VALUE` lines,
+/// `#` and `;` comments, values optionally in single or double quotes,
+/// an optional leading `export `.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim();
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        let v = v.trim();
+        let v = ["\"", "'"]
+            .iter()
+            .find_map(|q| v.strip_prefix(q).and_then(|x| x.strip_suffix(q)))
+            .unwrap_or(v);
+        out.push((k.to_string(), v.to_string()));
+    }
+    out
 }
 
 /// `/etc/services`: `name port/proto [aliases...] [# comment]`; every alias
@@ -401,6 +477,19 @@ mod tests {
         assert!(db.contains(&("ftp".into(), 21, "tcp".into())));
         assert!(db.contains(&("www".into(), 80, "tcp".into())));
         assert_eq!(db.len(), 3);
+    }
+
+    #[test]
+    fn env_files() {
+        let v = parse_env_file("# c\nA=1\nexport B=\"two words\"\n; x\nC='3'\nbad line\n=x\n");
+        assert_eq!(
+            v,
+            [
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "3".into())
+            ]
+        );
     }
 
     #[test]

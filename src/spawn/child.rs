@@ -8,14 +8,19 @@
 //!    `initgroups` here), the fd moves as a fixed array, the list of signals
 //!    to reset, and a close-on-exec error pipe. See [`super::image`].
 //! 2. **Allowed here:** raw system calls through `libc` only: `sigprocmask`,
-//!    `sigaction`, `setsid`, `dup2`, `fcntl`, `setgroups` → `setgid` →
-//!    `setuid` (in that order) and their verification with `getuid` and
-//!    friends, `getpid`, `write`, `execve`, `_exit`. Nothing else: no
+//!    `sigaction`, `setsid`, `dup2`, `fcntl`, `setrlimit`, `setpriority`,
+//!    `umask`, `setgroups` → `setgid` → `setuid` (in that order) and their
+//!    verification with `getuid` and friends, `chdir`, `getpid`, `write`,
+//!    `execve`, `_exit`. Nothing else: no
 //!    allocation, no logging, no locks, no `CString::new`, no `format!`, no
 //!    `nix::unistd::execve` (it allocates).
-//! 3. **Fd rule:** a move whose source is its destination clears
-//!    `FD_CLOEXEC` explicitly (`dup2` to itself would leave it set). The
-//!    connection was accepted blocking, so no `O_NONBLOCK` is left on it.
+//! 3. **Fd rule:** fds 0-2 are placed first (their sources are all ≥ 3, or
+//!    fd 2 itself for "doorman's stderr"); then the `LISTEN_FDS` sockets go
+//!    to 3, 4, ...: a source already inside that range is first copied
+//!    above it, so that no placement overwrites a socket still to be
+//!    placed; a socket already at its place has `FD_CLOEXEC` cleared
+//!    explicitly (`dup2` to itself would leave it set). The error pipe is
+//!    moved above the range first. Sockets are handed blocking.
 //! 4. **Failure path:** write one stage byte and the 4 errno bytes to the
 //!    pipe, then `_exit(127)`.
 //! 5. **Never return:** [`exec_child`] is `-> !`; a child that returned
@@ -38,6 +43,9 @@ pub enum Stage {
     Setuid = 7,
     VerifyCreds = 8,
     Exec = 9,
+    Rlimit = 10,
+    Nice = 11,
+    Chdir = 12,
 }
 
 impl Stage {
@@ -52,6 +60,9 @@ impl Stage {
             7 => Stage::Setuid,
             8 => Stage::VerifyCreds,
             9 => Stage::Exec,
+            10 => Stage::Rlimit,
+            11 => Stage::Nice,
+            12 => Stage::Chdir,
             _ => return None,
         })
     }
@@ -67,12 +78,17 @@ impl Stage {
             Stage::Setuid => "setuid",
             Stage::VerifyCreds => "verify credentials",
             Stage::Exec => "exec",
+            Stage::Rlimit => "setrlimit",
+            Stage::Nice => "setpriority",
+            Stage::Chdir => "chdir",
         }
     }
 }
 
-/// At most this many fd moves (0, 1, 2 and 3).
-pub const MAX_MOVES: usize = 4;
+/// At most this many sockets handed with `LISTEN_FDS` (fds 3 and up).
+pub const MAX_LISTEN: usize = 64;
+/// At most this many resource limits.
+pub const MAX_RLIMITS: usize = 16;
 /// At most this many signals reset to their default disposition.
 pub const MAX_SIGNALS: usize = 64;
 
@@ -94,9 +110,20 @@ pub struct ChildPlan {
     pub path: *const c_char,
     pub argv: *const *const c_char,
     pub envp: *const *const c_char,
-    /// (source, destination) pairs, applied in order.
-    pub moves: [(RawFd, RawFd); MAX_MOVES],
-    pub nmoves: usize,
+    /// Sources of fds 0, 1 and 2 (2 itself means "leave doorman's stderr").
+    pub std: [RawFd; 3],
+    /// Sockets placed at 3, 4, ... (`LISTEN_FDS`).
+    pub listen: [RawFd; MAX_LISTEN],
+    pub nlisten: usize,
+    /// (resource, soft, hard) for `setrlimit`.
+    pub rlimits: [(c_int, u64, u64); MAX_RLIMITS],
+    pub nrlimits: usize,
+    /// `umask` to set, if any.
+    pub umask: Option<libc::mode_t>,
+    /// `nice` value to set, if any.
+    pub nice: Option<c_int>,
+    /// Directory to change to (NUL-terminated), or null.
+    pub cwd: *const c_char,
     /// Signals whose disposition is reset to `SIG_DFL`.
     pub reset_signals: [c_int; MAX_SIGNALS],
     pub nsignals: usize,
@@ -182,25 +209,74 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
         fail(plan.err_fd, Stage::Setsid, errno());
     }
 
-    for &(src, dst) in &plan.moves[..plan.nmoves] {
-        if src == dst {
-            if libc::fcntl(dst, libc::F_SETFD, 0) < 0 {
-                fail(plan.err_fd, Stage::Cloexec, errno());
-            }
-        } else if libc::dup2(src, dst) < 0 {
+    let n = plan.nlisten as c_int;
+    let top = 3 + n;
+    // The error pipe must survive the placements below.
+    let mut err_fd = plan.err_fd;
+    if err_fd < top {
+        err_fd = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, top);
+        if err_fd < 0 {
             fail(plan.err_fd, Stage::Dup2, errno());
         }
     }
 
+    for (dst, &src) in plan.std.iter().enumerate() {
+        let dst = dst as c_int;
+        if src != dst && libc::dup2(src, dst) < 0 {
+            fail(err_fd, Stage::Dup2, errno());
+        }
+    }
+
+    let mut src = [0 as RawFd; MAX_LISTEN];
+    src[..plan.nlisten].copy_from_slice(&plan.listen[..plan.nlisten]);
+    for (i, s) in src[..plan.nlisten].iter_mut().enumerate() {
+        if *s >= 3 && *s < top && *s != 3 + i as c_int {
+            *s = libc::fcntl(*s, libc::F_DUPFD_CLOEXEC, top);
+            if *s < 0 {
+                fail(err_fd, Stage::Dup2, errno());
+            }
+        }
+    }
+    for (i, &s) in src[..plan.nlisten].iter().enumerate() {
+        let dst = 3 + i as c_int;
+        if s == dst {
+            if libc::fcntl(dst, libc::F_SETFD, 0) < 0 {
+                fail(err_fd, Stage::Cloexec, errno());
+            }
+        } else if libc::dup2(s, dst) < 0 {
+            fail(err_fd, Stage::Dup2, errno());
+        }
+    }
+
+    // Limits and priority before dropping privileges (raising either may
+    // need root); the umask any time.
+    for &(res, soft, hard) in &plan.rlimits[..plan.nrlimits] {
+        let rl = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        if libc::setrlimit(res as libc::__rlimit_resource_t, &rl) != 0 {
+            fail(err_fd, Stage::Rlimit, errno());
+        }
+    }
+    if let Some(nice) = plan.nice {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            fail(err_fd, Stage::Nice, errno());
+        }
+    }
+    if let Some(mask) = plan.umask {
+        libc::umask(mask);
+    }
+
     if let Some(c) = plan.creds {
         if c.set_groups && libc::setgroups(c.ngroups, c.groups) != 0 {
-            fail(plan.err_fd, Stage::Setgroups, errno());
+            fail(err_fd, Stage::Setgroups, errno());
         }
         if libc::setgid(c.gid) != 0 {
-            fail(plan.err_fd, Stage::Setgid, errno());
+            fail(err_fd, Stage::Setgid, errno());
         }
         if libc::setuid(c.uid) != 0 {
-            fail(plan.err_fd, Stage::Setuid, errno());
+            fail(err_fd, Stage::Setuid, errno());
         }
         // Verify: all ids are the target ones, and a dropped root cannot
         // come back.
@@ -210,8 +286,12 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
             || libc::getegid() != c.gid
             || (c.uid != 0 && libc::setuid(0) == 0)
         {
-            fail(plan.err_fd, Stage::VerifyCreds, libc::EPERM);
+            fail(err_fd, Stage::VerifyCreds, libc::EPERM);
         }
+    }
+
+    if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
+        fail(err_fd, Stage::Chdir, errno());
     }
 
     if let Some((slot, width)) = plan.listen_pid_slot {
@@ -219,7 +299,7 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     }
 
     libc::execve(plan.path, plan.argv, plan.envp);
-    fail(plan.err_fd, Stage::Exec, errno())
+    fail(err_fd, Stage::Exec, errno())
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::ptr;
 
 use libc::{c_char, c_int, gid_t};
 
-use super::child::{ChildPlan, RawCreds, MAX_MOVES, MAX_SIGNALS};
-use crate::config::{cstring, Creds, Handler, Handover, Service};
+use super::child::{ChildPlan, RawCreds, MAX_LISTEN, MAX_RLIMITS, MAX_SIGNALS};
+use crate::config::{cstring, Creds, ExecSpec, Handler, Handover, Service, StdFd};
 
 /// Variables doorman sets itself; an inherited value is dropped so that a
 /// handler never sees two, or a stale `LISTEN_FDS` meant for doorman.
@@ -47,7 +47,7 @@ const PID_WIDTH: usize = 20;
 /// doorman's own environment less the reserved names, captured at start.
 #[derive(Debug, Default)]
 pub struct BaseEnv {
-    vars: Vec<CString>,
+    vars: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl BaseEnv {
@@ -57,14 +57,40 @@ impl BaseEnv {
             if RESERVED.iter().any(|r| OsStr::new(r) == k) {
                 continue;
             }
-            let mut bytes = k.as_bytes().to_vec();
-            bytes.push(b'=');
-            bytes.extend_from_slice(v.as_bytes());
-            if let Ok(c) = CString::new(bytes) {
-                vars.push(c);
-            }
+            vars.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
         }
         BaseEnv { vars }
+    }
+
+    /// A service's environment: doorman's (all of it, or the names it
+    /// passes), then what the service sets; a later setting replaces an
+    /// earlier one of the same name; reserved names never pass.
+    fn for_service(&self, spec: &ExecSpec) -> Vec<CString> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut put = |k: &[u8], v: &[u8]| {
+            if RESERVED.iter().any(|r| r.as_bytes() == k) {
+                return;
+            }
+            match out.iter_mut().find(|(ok, _)| ok == k) {
+                Some(slot) => slot.1 = v.to_vec(),
+                None => out.push((k.to_vec(), v.to_vec())),
+            }
+        };
+        for (k, v) in &self.vars {
+            if spec.inherit_env || spec.pass_env.iter().any(|p| p.as_bytes() == k.as_slice()) {
+                put(k, v);
+            }
+        }
+        for (k, v) in &spec.set_env {
+            put(k.as_bytes(), v.as_bytes());
+        }
+        out.into_iter()
+            .filter_map(|(mut k, v)| {
+                k.push(b'=');
+                k.extend_from_slice(&v);
+                CString::new(k).ok()
+            })
+            .collect()
     }
 }
 
@@ -74,16 +100,21 @@ pub struct Image {
     path: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
+    env: Vec<CString>,
     creds: Option<Creds>,
     set_groups: bool,
     handover: Handover,
-    fd_names: CString,
+    fd_name: String,
     reset_signals: Vec<c_int>,
+    cwd: Option<CString>,
+    umask: Option<libc::mode_t>,
+    nice: Option<c_int>,
+    rlimits: Vec<(c_int, u64, u64)>,
 }
 
 impl Image {
     /// `reset_signals`: signals to set back to `SIG_DFL` in the child.
-    pub fn new(svc: &Service, reset_signals: &[c_int]) -> Image {
+    pub fn new(svc: &Service, base: &BaseEnv, reset_signals: &[c_int]) -> Image {
         let Handler::Exec { program, argv } = &svc.handler;
         let path = CString::new(program.as_os_str().as_bytes()).unwrap_or_default();
         let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
@@ -99,15 +130,31 @@ impl Image {
         });
         let mut reset_signals = reset_signals.to_vec();
         reset_signals.truncate(MAX_SIGNALS);
+        let mut rlimits: Vec<(c_int, u64, u64)> = svc
+            .exec
+            .rlimits
+            .iter()
+            .map(|r| (r.resource, r.soft, r.hard))
+            .collect();
+        rlimits.truncate(MAX_RLIMITS);
         Image {
             path,
             _argv: argv,
             argv_ptrs,
+            env: base.for_service(&svc.exec),
             creds,
             set_groups,
             handover: svc.handover,
-            fd_names: cstring(&format!("LISTEN_FDNAMES={}", svc.fd_name)),
+            fd_name: svc.fd_name.clone(),
             reset_signals,
+            cwd: svc
+                .exec
+                .cwd
+                .as_ref()
+                .and_then(|c| CString::new(c.as_os_str().as_bytes()).ok()),
+            umask: svc.exec.umask.map(|m| m as libc::mode_t),
+            nice: svc.exec.nice,
+            rlimits,
         }
     }
 }
@@ -176,7 +223,7 @@ impl Peer {
     }
 }
 
-/// One spawn: the envp of this connection and the fd moves. Lives on the
+/// One spawn: the envp of this connection and the fd plan. Lives on the
 /// parent's stack across `fork()`; the child only reads it (and writes the
 /// pid into its own copy of the slot).
 pub struct Launch<'a> {
@@ -184,44 +231,49 @@ pub struct Launch<'a> {
     _env: Vec<CString>,
     listen_pid: Option<Vec<u8>>,
     envp: Vec<*const c_char>,
-    moves: [(RawFd, RawFd); MAX_MOVES],
-    nmoves: usize,
+    std: [RawFd; 3],
+    listen: Vec<RawFd>,
 }
 
 impl<'a> Launch<'a> {
-    /// Prepares a spawn of `image` handing it `conn` (a connected socket,
-    /// or the listening socket of a `wait` service). `devnull` is an open
-    /// /dev/null, used by the `fd3` hand-over.
-    pub fn new(image: &'a Image, base: &BaseEnv, conn: RawFd, peer: &Peer, devnull: RawFd) -> Self {
-        let env = peer.env();
-        let mut envp: Vec<*const c_char> = Vec::with_capacity(base.vars.len() + env.len() + 4);
-        envp.extend(base.vars.iter().map(|c| c.as_ptr()));
-        envp.extend(env.iter().map(|c| c.as_ptr()));
-
-        let mut moves = [(-1, -1); MAX_MOVES];
+    /// Prepares a spawn of `image`: `socket` is what fds 0-2 may get (a
+    /// connection, or the `wait` listener that woke), `listen` what goes to
+    /// fds 3... with `LISTEN_FDS`. `devnull` is an open /dev/null.
+    pub fn new(
+        image: &'a Image,
+        socket: RawFd,
+        listen: &[RawFd],
+        peer: &Peer,
+        devnull: RawFd,
+    ) -> Self {
+        let h = image.handover;
+        let mut env = peer.env();
+        let mut fds = Vec::new();
         let mut listen_pid = None;
-        // Moves are ordered so that no move overwrites a later move's
-        // source: sources are ≥ 3 (fds 0-2 are always open in doorman), and
-        // the only destination ≥ 3 (fd 3) comes last.
-        let nmoves = match image.handover {
-            Handover::Inetd => {
-                moves[..3].copy_from_slice(&[(conn, 0), (conn, 1), (conn, 2)]);
-                3
-            }
-            Handover::Stdio => {
-                moves[..2].copy_from_slice(&[(conn, 0), (conn, 1)]);
-                2
-            }
-            Handover::Fd3 => {
-                let mut slot = b"LISTEN_PID=".to_vec();
-                slot.resize(slot.len() + PID_WIDTH + 1, 0);
-                envp.push(c"LISTEN_FDS=1".as_ptr());
-                envp.push(image.fd_names.as_ptr());
-                listen_pid = Some(slot);
-                moves.copy_from_slice(&[(devnull, 0), (devnull, 1), (conn, 3), (-1, -1)]);
-                3
-            }
+        if h.listen_fds {
+            fds.extend(listen.iter().take(MAX_LISTEN));
+            let listen = &fds;
+            let names = vec![image.fd_name.as_str(); listen.len()].join(":");
+            env.push(cstring(&format!("LISTEN_FDS={}", listen.len())));
+            env.push(cstring(&format!("LISTEN_FDNAMES={names}")));
+            let mut slot = b"LISTEN_PID=".to_vec();
+            slot.resize(slot.len() + PID_WIDTH + 1, 0);
+            listen_pid = Some(slot);
+        }
+        let src = |f: StdFd| match f {
+            StdFd::Socket => socket,
+            StdFd::Null => devnull,
+            StdFd::Log => 2,
         };
+        // stdin cannot be "the log": /dev/null instead.
+        let stdin = match h.stdin {
+            StdFd::Log => devnull,
+            f => src(f),
+        };
+        let std = [stdin, src(h.stdout), src(h.stderr)];
+        let mut envp: Vec<*const c_char> = Vec::with_capacity(image.env.len() + env.len() + 2);
+        envp.extend(image.env.iter().map(|c| c.as_ptr()));
+        envp.extend(env.iter().map(|c| c.as_ptr()));
         if let Some(slot) = &listen_pid {
             envp.push(slot.as_ptr().cast());
         }
@@ -231,8 +283,8 @@ impl<'a> Launch<'a> {
             _env: env,
             listen_pid,
             envp,
-            moves,
-            nmoves,
+            std,
+            listen: fds,
         }
     }
 
@@ -242,6 +294,10 @@ impl<'a> Launch<'a> {
         let img = self.image;
         let mut reset_signals = [0; MAX_SIGNALS];
         reset_signals[..img.reset_signals.len()].copy_from_slice(&img.reset_signals);
+        let mut listen = [0; MAX_LISTEN];
+        listen[..self.listen.len()].copy_from_slice(&self.listen);
+        let mut rlimits = [(0, 0, 0); MAX_RLIMITS];
+        rlimits[..img.rlimits.len()].copy_from_slice(&img.rlimits);
         let creds = img.creds.as_ref().map(|c| RawCreds {
             uid: c.uid,
             gid: c.gid,
@@ -257,8 +313,14 @@ impl<'a> Launch<'a> {
             path: img.path.as_ptr(),
             argv: img.argv_ptrs.as_ptr(),
             envp: self.envp.as_ptr(),
-            moves: self.moves,
-            nmoves: self.nmoves,
+            std: self.std,
+            listen,
+            nlisten: self.listen.len(),
+            rlimits,
+            nrlimits: img.rlimits.len(),
+            umask: img.umask,
+            nice: img.nice,
+            cwd: img.cwd.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
             reset_signals,
             nsignals: img.reset_signals.len(),
             listen_pid_slot,
