@@ -99,13 +99,23 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
             r.map_err(|err| (format!("bind {addr}"), err))?;
         }
         Address::Unix(path) => {
-            prepare_unix_path(path, e.sock_type)?;
-            let ua =
-                UnixAddr::new(path).map_err(|err| (format!("bind {}", path.display()), err))?;
-            socket::bind(fd.as_raw_fd(), &ua)
-                .map_err(|err| (format!("bind {}", path.display()), err))?;
-            unlink = Some(UnlinkOnDrop(path.clone()));
-            apply_perms(path, e)?;
+            if let Some(name) = abstract_name(path) {
+                // Linux abstract namespace: no file, no permissions.
+                let ua = UnixAddr::new_abstract(name)
+                    .map_err(|err| (format!("bind {}", path.display()), err))?;
+                socket::bind(fd.as_raw_fd(), &ua)
+                    .map_err(|err| (format!("bind {}", path.display()), err))?;
+            } else {
+                prepare_unix_path(path, e)?;
+                let ua =
+                    UnixAddr::new(path).map_err(|err| (format!("bind {}", path.display()), err))?;
+                socket::bind(fd.as_raw_fd(), &ua)
+                    .map_err(|err| (format!("bind {}", path.display()), err))?;
+                if !e.opts.keep_on_stop {
+                    unlink = Some(UnlinkOnDrop(path.clone()));
+                }
+                apply_perms(path, e)?;
+            }
         }
     }
     if e.sock_type.accepts() {
@@ -122,16 +132,23 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
     Ok(Bound { fd, local, unlink })
 }
 
+/// The name of an abstract unix socket (`@name`), if `path` is one.
+pub fn abstract_name(path: &Path) -> Option<&[u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().strip_prefix(b"@")
+}
+
 /// Makes room for a unix socket at `path`: creates a missing parent
-/// directory (mode 0755), replaces a stale socket file left by an earlier
+/// directory (mode 0755 unless configured), replaces a stale socket file left by an earlier
 /// run, and refuses anything else (a live socket, a regular file).
-fn prepare_unix_path(path: &Path, ty: SockType) -> Result<(), BindError> {
+fn prepare_unix_path(path: &Path, e: &Endpoint) -> Result<(), BindError> {
+    let ty = e.sock_type;
     let shown = path.display();
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o755)
+                .mode(e.opts.directory_mode.unwrap_or(0o755))
                 .create(dir)
                 .map_err(|err| {
                     (
