@@ -24,7 +24,7 @@ pub struct Args {
     #[argh(option, short = 'f')]
     pub file: Vec<PathBuf>,
 
-    /// serve the program after -- on PORT, ADDR:PORT or [V6ADDR]:PORT (repeatable)
+    /// serve the program after -- on PORT, ADDR:PORT, [V6ADDR]:PORT or a unix socket /PATH (repeatable)
     #[argh(option)]
     pub listen: Vec<String>,
 
@@ -205,8 +205,15 @@ impl Args {
         }
         let (sock_owner, sock_group) = match &self.socket_owner {
             Some(o) => match o.split_once(':') {
-                Some((u, g)) => (Some(u.to_string()), Some(g.to_string())),
-                None => (Some(o.clone()), None),
+                Some((u, g)) if !u.is_empty() && !g.is_empty() => {
+                    (Some(u.to_string()), Some(g.to_string()))
+                }
+                None if !o.is_empty() => (Some(o.clone()), None),
+                _ => {
+                    return Err(usage(format!(
+                        "--socket-owner {o:?}: expected USER or USER:GROUP"
+                    )))
+                }
             },
             None => (None, None),
         };
@@ -239,6 +246,13 @@ impl Args {
                 }
             }
             binds.push(bind);
+        }
+        if (self.socket_owner.is_some() || self.socket_mode.is_some())
+            && !binds.iter().any(|b| matches!(b, RawBind::Unix { .. }))
+        {
+            return Err(usage(
+                "--socket-owner and --socket-mode apply to unix socket paths only".into(),
+            ));
         }
         let handover = match &self.handover {
             Some(h) => Handover::parse(h)

@@ -565,7 +565,7 @@ pub fn parse_listen(arg: &str) -> Result<RawBind, String> {
     };
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
-            "--listen {arg:?}: expected PORT, ADDR:PORT or [V6ADDR]:PORT"
+            "--listen {arg:?}: expected PORT, ADDR:PORT, [V6ADDR]:PORT or /PATH"
         ));
     }
     let family = match &host {

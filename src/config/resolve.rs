@@ -154,9 +154,22 @@ impl Resolver {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // LISTEN_FDNAMES separates names with ':'; a default made from a
+        // path must not contain one.
         let default_fd_name = match raw.mode {
             Mode::Accept => "connection".to_string(),
-            Mode::Wait => raw.name.clone(),
+            Mode::Wait => raw
+                .name
+                .chars()
+                .map(|c| {
+                    if c == ':' || !c.is_ascii_graphic() {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .take(255)
+                .collect(),
         };
         let svc = Service {
             name: raw.name.clone(),
