@@ -9,7 +9,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::config::inetd::{self, RawBind, RawService, DEFAULT_RATE};
-use crate::config::{Handover, Limits, Mode, Rate, SockType, Sources};
+use crate::config::{Format, Handover, Limits, Mode, Rate, SockType, Sources};
 use crate::error::{Error, Origin};
 use crate::server::Options;
 
@@ -23,6 +23,10 @@ pub struct Args {
     /// configuration file in inetd.conf syntax (repeatable; default /etc/doorman.conf)
     #[argh(option, short = 'f')]
     pub file: Vec<PathBuf>,
+
+    /// read every -f as this syntax: inetd, xinetd or systemd (default: detected per file, see doorman.conf(5))
+    #[argh(option)]
+    pub format: Option<String>,
 
     /// serve the program after -- on PORT, ADDR:PORT, [V6ADDR]:PORT or a unix socket /PATH (repeatable)
     #[argh(option)]
@@ -167,8 +171,20 @@ impl Args {
         if files.is_empty() && listen.is_none() {
             files.push(PathBuf::from(DEFAULT_CONFIG));
         }
+        let format = match &self.format {
+            Some(f) => Some(Format::parse(f).ok_or_else(|| {
+                usage(&format!(
+                    "--format {f:?}: expected inetd, xinetd or systemd"
+                ))
+            })?),
+            None => None,
+        };
         Ok(Plan {
-            sources: Sources { files, listen },
+            sources: Sources {
+                files,
+                format,
+                listen,
+            },
             check: self.check,
             options: Options {
                 ready_fd: self.ready_fd,

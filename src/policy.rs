@@ -36,7 +36,7 @@ impl fmt::Display for Reason {
             Reason::Rate { max, interval } => write!(
                 f,
                 "rate: more than {max} connections in {}s (looping?)",
-                interval.as_secs()
+                interval.as_secs_f64()
             ),
             Reason::SourceRate { max } => write!(
                 f,
@@ -75,6 +75,7 @@ struct Source {
 pub struct Counters {
     running: u32,
     window: Option<(Instant, u32)>,
+    poll_window: Option<(Instant, u32)>,
     sources: HashMap<IpAddr, Source>,
 }
 
@@ -111,13 +112,17 @@ impl Counters {
                 }
             }
         }
-        if let Some(rate) = limits.rate {
-            let (start, count) = match self.window {
+        for (rate, window) in [
+            (limits.poll, &mut self.poll_window),
+            (limits.rate, &mut self.window),
+        ] {
+            let Some(rate) = rate else { continue };
+            let (start, count) = match *window {
                 Some((start, count)) if now.duration_since(start) < rate.interval => (start, count),
                 _ => (now, 0),
             };
             if count >= rate.max {
-                self.window = None;
+                *window = None;
                 return Decision::Pause(
                     Reason::Rate {
                         max: rate.max,
@@ -126,7 +131,7 @@ impl Counters {
                     now + rate.pause,
                 );
             }
-            self.window = Some((start, count + 1));
+            *window = Some((start, count + 1));
         }
         self.running += 1;
         if let Some(ip) = source {

@@ -148,7 +148,32 @@ impl Server {
                 Mode::Wait => "wait",
             };
             for ep in &svc.endpoints {
-                match listen::bind(ep, svc.mode == Mode::Accept) {
+                let nonblocking = svc.mode == Mode::Accept;
+                let bound = listen::bind(ep, nonblocking).or_else(|(what, errno)| {
+                    // A dual-stack "any" socket on a host without IPv6:
+                    // IPv4 alone serves the same clients.
+                    match ep.addr {
+                        Address::Inet(SocketAddr::V6(a))
+                            if a.ip().is_unspecified()
+                                && !ep.v6only
+                                && listen::is_family_unsupported(errno) =>
+                        {
+                            warn!(
+                                "{}: {what}: {}; using 0.0.0.0 instead",
+                                svc.label(),
+                                errno.desc()
+                            );
+                            let mut v4 = ep.clone();
+                            v4.addr = Address::Inet(SocketAddr::new(
+                                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                                a.port(),
+                            ));
+                            listen::bind(&v4, nonblocking)
+                        }
+                        _ => Err((what, errno)),
+                    }
+                });
+                match bound {
                     Ok(b) => {
                         info!(
                             "listen service={} addr={} type={} proto={} mode={mode} handover={}",

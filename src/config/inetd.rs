@@ -93,6 +93,9 @@ pub struct RawService {
     /// `true`: a missing file is not an error (the `-` prefix).
     pub env_files: Vec<(String, bool)>,
     pub stop: StopSpec,
+    /// Expand `${VAR}` and `$VAR` in program and argv from the service's
+    /// environment, as systemd does for `ExecStart=`.
+    pub expand_env: bool,
 }
 
 impl RawService {
@@ -126,6 +129,7 @@ impl RawService {
             },
             env_files: Vec::new(),
             stop: StopSpec::default(),
+            expand_env: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod inetd;
 pub mod resolve;
+pub mod unit;
 
 use std::ffi::CString;
 use std::fmt;
@@ -285,6 +286,9 @@ pub struct Limits {
     pub per_source_per_minute: Option<u32>,
     /// Concurrent instances per source address (FreeBSD field 4).
     pub max_per_source: Option<u32>,
+    /// Wake-ups (accepted connections, wait hand-overs) per interval
+    /// (systemd `PollLimit*`); over it the service pauses like `rate`.
+    pub poll: Option<Rate>,
 }
 
 /// The credentials a handler runs with, resolved at load time so that the
@@ -381,6 +385,17 @@ impl fmt::Display for Service {
             if e.optional {
                 write!(f, "?")?;
             }
+            let o = e.opts;
+            for (on, name) in [
+                (o.reuseport, "reuseport"),
+                (o.freebind, "freebind"),
+                (o.keepalive, "keepalive"),
+                (o.nodelay, "nodelay"),
+            ] {
+                if on {
+                    write!(f, ",{name}")?;
+                }
+            }
             if let Address::Unix(_) = e.addr {
                 let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 write!(
@@ -411,8 +426,46 @@ impl fmt::Display for Service {
             num(l.per_source_per_minute)
         )?;
         match l.rate {
-            Some(r) => write!(f, " rate={}/{}s", r.max, r.interval.as_secs())?,
+            Some(r) => write!(f, " rate={}/{}s", r.max, r.interval.as_secs_f64())?,
             None => write!(f, " rate=-")?,
+        }
+        if let Some(r) = l.poll {
+            write!(f, " poll={}/{}s", r.max, r.interval.as_secs_f64())?;
+        }
+        if let Some(c) = &self.creds {
+            if c.groups != [c.gid] {
+                let g: Vec<String> = c.groups.iter().map(u32::to_string).collect();
+                write!(f, " groups={}", g.join(","))?;
+            }
+        }
+        let e = &self.exec;
+        if !e.inherit_env {
+            write!(f, " env=clean")?;
+            for p in &e.pass_env {
+                write!(f, " passenv={p}")?;
+            }
+        }
+        for (k, v) in &e.set_env {
+            write!(f, " env+={}", display_argv(&[format!("{k}={v}")]))?;
+        }
+        if let Some(d) = &e.cwd {
+            write!(f, " cwd={}", d.display())?;
+        }
+        if let Some(m) = e.umask {
+            write!(f, " umask={m:04o}")?;
+        }
+        if let Some(n) = e.nice {
+            write!(f, " nice={n}")?;
+        }
+        for r in &e.rlimits {
+            let v = |x: u64| {
+                if x == libc::RLIM_INFINITY {
+                    "infinity".to_string()
+                } else {
+                    x.to_string()
+                }
+            };
+            write!(f, " rlimit{}={}:{}", r.resource, v(r.soft), v(r.hard))?;
         }
         match &self.handler {
             Handler::Exec { program, argv } => write!(
@@ -425,11 +478,60 @@ impl fmt::Display for Service {
     }
 }
 
+/// The syntax of a configuration source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Inetd,
+    Xinetd,
+    Systemd,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "inetd" => Some(Format::Inetd),
+            "xinetd" => Some(Format::Xinetd),
+            "systemd" => Some(Format::Systemd),
+            _ => None,
+        }
+    }
+}
+
 /// Which configuration sources to read, from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct Sources {
     pub files: Vec<PathBuf>,
+    /// `--format`: read every file with this syntax instead of detecting it.
+    pub format: Option<Format>,
     pub listen: Option<inetd::RawService>,
+}
+
+/// How a path is read, when `--format` does not say: a directory holding
+/// `*.socket` files is a unit directory, any other directory an xinetd
+/// `includedir`; a `*.socket` file is a unit; a file whose first
+/// significant word is `service`, `defaults`, `include` or `includedir` is
+/// xinetd; anything else is inetd.conf.
+pub fn detect(path: &Path, text: Option<&str>) -> Format {
+    if path.is_dir() {
+        let has_units = std::fs::read_dir(path)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| unit::is_socket_unit(&e.path()))
+            })
+            .unwrap_or(false);
+        return if has_units {
+            Format::Systemd
+        } else {
+            Format::Xinetd
+        };
+    }
+    if unit::is_socket_unit(path) {
+        return Format::Systemd;
+    }
+    if text.is_some_and(|_| false) {
+        return Format::Xinetd;
+    }
+    Format::Inetd
 }
 
 /// The outcome of loading: the services, and warnings about what was
@@ -447,15 +549,36 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     for file in &sources.files {
-        match read_file(file) {
-            Ok(text) => {
-                let parsed = inetd::parse(file, &text);
-                raws.extend(parsed.services);
-                warnings.extend(parsed.warnings);
-                errors.extend(parsed.errors);
+        let parsed = if file.is_dir() {
+            match sources.format.unwrap_or_else(|| detect(file, None)) {
+                Format::Systemd => unit::parse_dir(file),
+                Format::Xinetd => inetd::Parsed::default(),
+                Format::Inetd => {
+                    errors.push(ConfigError::new(
+                        &Origin::new(file, 0),
+                        None,
+                        "is a directory: inetd.conf syntax is read from files only",
+                    ));
+                    continue;
+                }
             }
-            Err(e) => errors.push(e),
-        }
+        } else {
+            let text = match read_file(file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            match sources.format.unwrap_or_else(|| detect(file, Some(&text))) {
+                Format::Systemd => unit::parse_socket_unit(file),
+                Format::Xinetd => inetd::Parsed::default(),
+                Format::Inetd => inetd::parse(file, &text),
+            }
+        };
+        raws.extend(parsed.services);
+        warnings.extend(parsed.warnings);
+        errors.extend(parsed.errors);
     }
     if let Some(raw) = &sources.listen {
         raws.push(raw.clone());

@@ -142,6 +142,14 @@ impl Resolver {
                 )),
             }
         }
+        let (program_path, argv) = if raw.expand_env {
+            (
+                PathBuf::from(expand_env_word(&raw.program, &exec.set_env)),
+                expand_argv(&raw.argv, &exec.set_env),
+            )
+        } else {
+            (program.clone(), raw.argv.clone())
+        };
         if let Some(cwd) = &exec.cwd {
             if !cwd.is_absolute() {
                 errors.push(ConfigError::new(
@@ -178,8 +186,12 @@ impl Resolver {
             mode: raw.mode,
             handover: raw.handover,
             handler: Handler::Exec {
-                program,
-                argv: raw.argv.clone(),
+                program: if raw.expand_env {
+                    program_path
+                } else {
+                    program
+                },
+                argv,
             },
             creds,
             limits: raw.limits,
@@ -299,6 +311,56 @@ impl Resolver {
                 )
             })
     }
+}
+
+/// systemd's `ExecStart=` expansion: `${VAR}` anywhere in a word is
+/// replaced by the value; a word that is exactly `$VAR` becomes the value
+/// split at white space (no word if empty). Unset variables are empty.
+pub fn expand_argv(argv: &[String], env: &[(String, String)]) -> Vec<String> {
+    let get = |k: &str| {
+        env.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut out = Vec::new();
+    for w in argv {
+        if let Some(name) = w.strip_prefix('$') {
+            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                out.extend(
+                    get(name)
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .map(str::to_string),
+                );
+                continue;
+            }
+        }
+        out.push(expand_env_word(w, env));
+    }
+    out
+}
+
+/// `${VAR}` replaced anywhere in `w`.
+fn expand_env_word(w: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = w;
+    while let Some(i) = rest.find("${") {
+        let Some(end) = rest[i + 2..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..i]);
+        let name = &rest[i + 2..i + 2 + end];
+        out.push_str(
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, v)| v),
+        );
+        rest = &rest[i + 3 + end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An environment file (systemd `EnvironmentFile=`): `KEY=VALUE` lines,
@@ -502,6 +564,22 @@ mod tests {
                 ("B".into(), "two words".into()),
                 ("C".into(), "3".into())
             ]
+        );
+    }
+
+    #[test]
+    fn exec_expansion() {
+        let env = vec![
+            ("A".to_string(), "x y".to_string()),
+            ("B".into(), "z".into()),
+        ];
+        let argv: Vec<String> = ["p", "$A", "${A}-${B}", "$NONE", "a$B", "${"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            expand_argv(&argv, &env),
+            ["p", "x", "y", "x y-z", "a$B", "${"]
         );
     }
 

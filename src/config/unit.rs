@@ -89,16 +89,28 @@ fn parse_ini(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Vec<Assi
         if let Some(name) = line.strip_prefix('[') {
             match name.strip_suffix(']') {
                 Some(n) => section = n.to_string(),
-                None => errors.push(ConfigError::new(&origin, None, format!("bad section header {line:?}"))),
+                None => errors.push(ConfigError::new(
+                    &origin,
+                    None,
+                    format!("bad section header {line:?}"),
+                )),
             }
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            errors.push(ConfigError::new(&origin, None, format!("expected Key=Value, found {line:?}")));
+            errors.push(ConfigError::new(
+                &origin,
+                None,
+                format!("expected Key=Value, found {line:?}"),
+            ));
             continue;
         };
         if section.is_empty() {
-            errors.push(ConfigError::new(&origin, Some(k.trim()), "assignment outside of a section"));
+            errors.push(ConfigError::new(
+                &origin,
+                Some(k.trim()),
+                "assignment outside of a section",
+            ));
             continue;
         }
         out.push(Assignment {
@@ -120,9 +132,13 @@ pub fn is_socket_unit(path: &Path) -> bool {
 pub fn parse_dir(dir: &Path) -> Parsed {
     let mut out = Parsed::default();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(e) => e.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_socket_unit(p)).collect(),
+        Ok(e) => e
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_socket_unit(p))
+            .collect(),
         Err(e) => {
-            out.errors.push(ConfigError::new(&Origin::new(dir, 0), None, e.to_string()));
+            out.errors
+                .push(ConfigError::new(&Origin::new(dir, 0), None, e.to_string()));
             return out;
         }
     };
@@ -142,9 +158,16 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
     let Some(socket) = read_unit(path, &mut out.errors) else {
         return out;
     };
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x.socket");
-    let unit_name = file_name.strip_suffix(".socket").unwrap_or(file_name).to_string();
-    let accept = last(&socket, "Socket", "Accept").map_or(Ok(false), |a| parse_bool(&a.value).map_err(|m| err(a, m)));
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("x.socket");
+    let unit_name = file_name
+        .strip_suffix(".socket")
+        .unwrap_or(file_name)
+        .to_string();
+    let accept = last(&socket, "Socket", "Accept")
+        .map_or(Ok(false), |a| parse_bool(&a.value).map_err(|m| err(a, m)));
     let accept = match accept {
         Ok(b) => b,
         Err(e) => {
@@ -163,7 +186,12 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
         return out;
     };
     let mut b = Builder {
-        raw: RawService::new(Origin::new(path, 0), &unit_name, SockType::Stream, if accept { Mode::Accept } else { Mode::Wait }),
+        raw: RawService::new(
+            Origin::new(path, 0),
+            &unit_name,
+            SockType::Stream,
+            if accept { Mode::Accept } else { Mode::Wait },
+        ),
         errors: Vec::new(),
         warnings: Vec::new(),
         unit_name,
@@ -180,7 +208,9 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
 }
 
 fn last<'a>(a: &'a [Assignment], section: &str, key: &str) -> Option<&'a Assignment> {
-    a.iter().rev().find(|x| x.section == section && x.key == key)
+    a.iter()
+        .rev()
+        .find(|x| x.section == section && x.key == key)
 }
 
 fn err(a: &Assignment, msg: impl Into<String>) -> ConfigError {
@@ -259,23 +289,57 @@ impl Builder {
         if UNSUPPORTED.contains(&key) {
             self.errors.push(err(a, "is not supported by doorman"));
         } else if HARMLESS.contains(&key) {
-            self.warnings.push(format!("{}: {}= is accepted and not applied", a.origin, a.key));
-        } else if !matches!(a.section.as_str(), "Unit" | "Install" | "Socket" | "Service") {
-            self.warnings.push(format!("{}: unknown section [{}], ignored", a.origin, a.section));
+            self.warnings.push(format!(
+                "{}: {}= is accepted and not applied",
+                a.origin, a.key
+            ));
+        } else if !matches!(
+            a.section.as_str(),
+            "Unit" | "Install" | "Socket" | "Service"
+        ) {
+            self.warnings.push(format!(
+                "{}: unknown section [{}], ignored",
+                a.origin, a.section
+            ));
         } else if !matches!(a.section.as_str(), "Unit" | "Install") {
-            self.warnings.push(format!("{}: unknown directive {}=, ignored", a.origin, a.key));
+            self.warnings.push(format!(
+                "{}: unknown directive {}=, ignored",
+                a.origin, a.key
+            ));
         }
         false
     }
 
     fn socket(&mut self, all: &[Assignment]) {
         const KNOWN: &[&str] = &[
-            "ListenStream", "ListenDatagram", "ListenSequentialPacket", "Accept", "Service",
-            "MaxConnections", "MaxConnectionsPerSource", "Backlog", "BindIPv6Only", "ReusePort",
-            "FreeBind", "KeepAlive", "NoDelay", "ReceiveBuffer", "SendBuffer", "SocketUser",
-            "SocketGroup", "SocketMode", "DirectoryMode", "RemoveOnStop", "FileDescriptorName",
-            "TriggerLimitIntervalSec", "TriggerLimitBurst", "PollLimitIntervalSec",
-            "PollLimitBurst", "IPAddressAllow", "IPAddressDeny", "Description",
+            "ListenStream",
+            "ListenDatagram",
+            "ListenSequentialPacket",
+            "Accept",
+            "Service",
+            "MaxConnections",
+            "MaxConnectionsPerSource",
+            "Backlog",
+            "BindIPv6Only",
+            "ReusePort",
+            "FreeBind",
+            "KeepAlive",
+            "NoDelay",
+            "ReceiveBuffer",
+            "SendBuffer",
+            "SocketUser",
+            "SocketGroup",
+            "SocketMode",
+            "DirectoryMode",
+            "RemoveOnStop",
+            "FileDescriptorName",
+            "TriggerLimitIntervalSec",
+            "TriggerLimitBurst",
+            "PollLimitIntervalSec",
+            "PollLimitBurst",
+            "IPAddressAllow",
+            "IPAddressDeny",
+            "Description",
         ];
         let mut listens: Vec<(SockType, &Assignment)> = Vec::new();
         let (mut sock_user, mut sock_group, mut sock_mode) = (None, None, None);
@@ -316,7 +380,10 @@ impl Builder {
                     "MaxConnectionsPerSource" => {
                         self.raw.limits.max_per_source = Some(parse_u32(v)?).filter(|&n| n > 0)
                     }
-                    "Backlog" => self.raw.backlog = Some(i32::try_from(parse_u32(v)?).map_err(|_| "too large")?),
+                    "Backlog" => {
+                        self.raw.backlog =
+                            Some(i32::try_from(parse_u32(v)?).map_err(|_| "too large")?)
+                    }
                     "BindIPv6Only" => {
                         bind_v6 = match v {
                             "default" => None,
@@ -337,19 +404,22 @@ impl Builder {
                     "DirectoryMode" => self.raw.sock_opts.directory_mode = Some(parse_mode(v)?),
                     "RemoveOnStop" => self.raw.sock_opts.keep_on_stop = !parse_bool(v)?,
                     "FileDescriptorName" => {
-                        if v.is_empty() || v.len() > 255 || !v.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+                        if v.is_empty()
+                            || v.len() > 255
+                            || !v.chars().all(|c| c.is_ascii_graphic() && c != ':')
+                        {
                             return Err("expected 1 to 255 printable characters, no ':'".into());
                         }
                         self.raw.fd_name = Some(v.to_string());
                     }
-                    "TriggerLimitIntervalSec" => trigger.0 = parse_timespan(v)?.unwrap_or(Duration::ZERO),
+                    "TriggerLimitIntervalSec" => {
+                        trigger.0 = parse_timespan(v)?.unwrap_or(Duration::ZERO)
+                    }
                     "TriggerLimitBurst" => trigger.1 = Some(parse_u32(v)?),
                     "PollLimitIntervalSec" => poll.0 = parse_timespan(v)?.unwrap_or(Duration::ZERO),
                     "PollLimitBurst" => poll.1 = Some(parse_u32(v)?),
-                    "IPAddressAllow" | "IPAddressDeny" => {
-                        if !v.is_empty() {
-                            return Err("access lists are not supported yet: doorman refuses to start rather than ignore them".into());
-                        }
+                    "IPAddressAllow" | "IPAddressDeny" if !v.is_empty() => {
+                        return Err("access lists are not supported yet: doorman refuses to start rather than ignore them".into());
                     }
                     _ => {} // Accept, Service: read before
                 }
@@ -360,7 +430,11 @@ impl Builder {
             }
         }
         if listens.is_empty() {
-            self.errors.push(ConfigError::new(&self.raw.origin, Some("ListenStream"), "the socket unit listens on nothing"));
+            self.errors.push(ConfigError::new(
+                &self.raw.origin,
+                Some("ListenStream"),
+                "the socket unit listens on nothing",
+            ));
             return;
         }
         let ty = listens[0].0;
@@ -368,7 +442,10 @@ impl Builder {
         self.raw.v6only = bind_v6;
         for (t, a) in &listens {
             if *t != ty {
-                self.errors.push(err(a, "all Listen*= of one unit must be of the same socket type here"));
+                self.errors.push(err(
+                    a,
+                    "all Listen*= of one unit must be of the same socket type here",
+                ));
                 continue;
             }
             match parse_listen_address(&a.value, ty) {
@@ -384,13 +461,20 @@ impl Builder {
         }
         if self.raw.mode == Mode::Accept {
             if ty == SockType::Dgram {
-                self.errors.push(err(listens[0].1, "Accept=yes is not supported for datagram sockets yet"));
+                self.errors.push(err(
+                    listens[0].1,
+                    "Accept=yes is not supported for datagram sockets yet",
+                ));
             }
             self.raw.limits.max_instances = max_conn;
         }
         // Trigger and poll limits pause the socket until the interval has
         // passed, then resume by themselves (systemd fails the unit instead).
-        let burst_default = if self.raw.mode == Mode::Accept { 200 } else { 20 };
+        let burst_default = if self.raw.mode == Mode::Accept {
+            200
+        } else {
+            20
+        };
         let trig_burst = trigger.1.unwrap_or(burst_default);
         self.raw.limits.rate = (trig_burst > 0 && !trigger.0.is_zero()).then_some(Rate {
             max: trig_burst,
@@ -407,12 +491,38 @@ impl Builder {
 
     fn service(&mut self, all: &[Assignment]) {
         const KNOWN: &[&str] = &[
-            "ExecStart", "User", "Group", "SupplementaryGroups", "Environment", "EnvironmentFile",
-            "WorkingDirectory", "UMask", "Nice", "StandardInput", "StandardOutput", "StandardError",
-            "KillMode", "KillSignal", "TimeoutStopSec", "Type", "LimitCPU", "LimitFSIZE",
-            "LimitDATA", "LimitSTACK", "LimitCORE", "LimitRSS", "LimitNOFILE", "LimitAS",
-            "LimitNPROC", "LimitMEMLOCK", "LimitLOCKS", "LimitSIGPENDING", "LimitMSGQUEUE",
-            "LimitNICE", "LimitRTPRIO", "LimitRTTIME",
+            "ExecStart",
+            "User",
+            "Group",
+            "SupplementaryGroups",
+            "Environment",
+            "EnvironmentFile",
+            "WorkingDirectory",
+            "UMask",
+            "Nice",
+            "StandardInput",
+            "StandardOutput",
+            "StandardError",
+            "KillMode",
+            "KillSignal",
+            "TimeoutStopSec",
+            "Type",
+            "LimitCPU",
+            "LimitFSIZE",
+            "LimitDATA",
+            "LimitSTACK",
+            "LimitCORE",
+            "LimitRSS",
+            "LimitNOFILE",
+            "LimitAS",
+            "LimitNPROC",
+            "LimitMEMLOCK",
+            "LimitLOCKS",
+            "LimitSIGPENDING",
+            "LimitMSGQUEUE",
+            "LimitNICE",
+            "LimitRTPRIO",
+            "LimitRTTIME",
         ];
         let mut exec: Vec<&Assignment> = Vec::new();
         let (mut stdin, mut stdout, mut stderr) = (None::<String>, None::<String>, None::<String>);
@@ -532,7 +642,10 @@ impl Builder {
                     self.errors.push(err(a, m));
                 }
             }
-            [.., a] => self.errors.push(err(a, "more than one ExecStart= (only Type=oneshot may, and doorman runs one command)")),
+            [.., a] => self.errors.push(err(
+                a,
+                "more than one ExecStart= (only Type=oneshot may, and doorman runs one command)",
+            )),
         }
     }
 
@@ -542,7 +655,13 @@ impl Builder {
     fn handover(&mut self, stdin: Option<String>, stdout: Option<String>, stderr: Option<String>) {
         let origin = self.raw.origin.clone();
         let mut bad = |what: &str, v: &str| {
-            self.errors.push(ConfigError::new(&origin, Some(what), format!("{v:?} is not supported (socket, null, inherit, journal, syslog, kmsg, tty)")));
+            self.errors.push(ConfigError::new(
+                &origin,
+                Some(what),
+                format!(
+                    "{v:?} is not supported (socket, null, inherit, journal, syslog, kmsg, tty)"
+                ),
+            ));
             StdFd::Null
         };
         let stdin_fd = match stdin.as_deref() {
@@ -556,14 +675,21 @@ impl Builder {
                 Some("inherit") => inherit,
                 Some("null") => StdFd::Null,
                 Some("socket") => StdFd::Socket,
-                Some("journal" | "syslog" | "kmsg" | "journal+console" | "syslog+console" | "kmsg+console" | "tty") => StdFd::Log,
+                Some(
+                    "journal" | "syslog" | "kmsg" | "journal+console" | "syslog+console"
+                    | "kmsg+console" | "tty",
+                ) => StdFd::Log,
                 Some(v) => return Err(v.to_string()),
             })
         };
         // systemd: StandardOutput= defaults to inherit when the input is a
         // socket (else to the journal); StandardError= to inherit, that is
         // whatever stdout is.
-        let stdout_default = if stdin_fd == StdFd::Socket { StdFd::Socket } else { StdFd::Log };
+        let stdout_default = if stdin_fd == StdFd::Socket {
+            StdFd::Socket
+        } else {
+            StdFd::Log
+        };
         let stdout_fd = match out(stdout.as_deref(), stdin_fd, stdout_default) {
             Ok(f) => f,
             Err(v) => bad("StandardOutput", &v),
@@ -579,7 +705,11 @@ impl Builder {
             listen_fds: stdin_fd != StdFd::Socket,
         };
         if !h.listen_fds && self.raw.binds.len() > 1 {
-            self.errors.push(ConfigError::new(&origin, Some("StandardInput"), "StandardInput=socket needs a socket unit with exactly one Listen*="));
+            self.errors.push(ConfigError::new(
+                &origin,
+                Some("StandardInput"),
+                "StandardInput=socket needs a socket unit with exactly one Listen*=",
+            ));
         }
         self.raw.handover = h;
     }
@@ -595,7 +725,11 @@ impl Builder {
                     at = true;
                     v = &v[1..];
                 }
-                '+' | '!' => return Err(format!("the {c:?} prefix (privileged execution) is not supported")),
+                '+' | '!' => {
+                    return Err(format!(
+                        "the {c:?} prefix (privileged execution) is not supported"
+                    ))
+                }
                 _ => break,
             }
         }
@@ -604,7 +738,6 @@ impl Builder {
             .iter()
             .map(|w| self.specifiers(w))
             .collect::<Result<_, _>>()?;
-        let words: Vec<String> = words.iter().map(|w| expand_env(w, &self.raw.exec.set_env)).collect();
         let Some(program) = words.first() else {
             return Err("empty command".into());
         };
@@ -621,13 +754,21 @@ impl Builder {
         };
         self.raw.program = program.clone();
         self.raw.argv = argv;
+        // `${VAR}`/`$VAR` are expanded by resolve, once EnvironmentFile=
+        // has been read.
+        self.raw.expand_env = true;
         Ok(())
     }
 
     /// `%i %n %N %p %%` (and `%I`, `%P` unescaped the same way here).
     fn specifiers(&self, w: &str) -> Result<String, String> {
         let template = self.service_file.contains("@.");
-        let prefix = self.service_file.split(['@', '.']).next().unwrap_or("").to_string();
+        let prefix = self
+            .service_file
+            .split(['@', '.'])
+            .next()
+            .unwrap_or("")
+            .to_string();
         let mut out = String::new();
         let mut chars = w.chars();
         while let Some(c) = chars.next() {
@@ -644,7 +785,11 @@ impl Builder {
                 Some('N') if template => out.push_str(&format!("{prefix}@{INSTANCE_MARK}")),
                 Some('N') => out.push_str(self.service_file.trim_end_matches(".service")),
                 Some('p' | 'P') => out.push_str(&prefix),
-                Some(x) => return Err(format!("specifier %{x} is not supported (known: %i %I %n %N %p %P %%)")),
+                Some(x) => {
+                    return Err(format!(
+                        "specifier %{x} is not supported (known: %i %I %n %N %p %P %%)"
+                    ))
+                }
                 None => return Err("a lone % at the end (write %% for a percent sign)".into()),
             }
         }
@@ -659,7 +804,12 @@ fn parse_listen_address(v: &str, ty: SockType) -> Result<RawBind, String> {
         if v.len() >= 108 {
             return Err("unix socket path is longer than 107 bytes".into());
         }
-        return Ok(RawBind::Unix { path: v.to_string(), owner: None, group: None, mode: None });
+        return Ok(RawBind::Unix {
+            path: v.to_string(),
+            owner: None,
+            group: None,
+            mode: None,
+        });
     }
     if v.starts_with("vsock:") {
         return Err("AF_VSOCK sockets are not supported".into());
@@ -668,23 +818,39 @@ fn parse_listen_address(v: &str, ty: SockType) -> Result<RawBind, String> {
     if v.bytes().all(|b| b.is_ascii_digit()) {
         // systemd: a bare port listens on all addresses, IPv6 and IPv4 on
         // one socket (falling back to IPv4 where the host has no IPv6).
-        return Ok(RawBind::Inet { host: None, port: v.to_string(), family: Family::Dual });
+        return Ok(RawBind::Inet {
+            host: None,
+            port: v.to_string(),
+            family: Family::Dual,
+        });
     }
     let (host, port) = if let Some(rest) = v.strip_prefix('[') {
         let (h, p) = rest.split_once("]:").ok_or("expected [address]:port")?;
         (h.split('%').next().unwrap_or(h).to_string(), p)
     } else {
-        let (h, p) = v.rsplit_once(':').ok_or("expected port, address:port, [address]:port, /path or @name")?;
+        let (h, p) = v
+            .rsplit_once(':')
+            .ok_or("expected port, address:port, [address]:port, /path or @name")?;
         (h.to_string(), p)
     };
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{port:?} is not a port number"));
     }
     if host.parse::<std::net::IpAddr>().is_err() {
-        return Err(format!("{host:?} is not an IP address (systemd does not resolve names here)"));
+        return Err(format!(
+            "{host:?} is not an IP address (systemd does not resolve names here)"
+        ));
     }
-    let family = if host.contains(':') { Family::V6 } else { Family::V4 };
-    Ok(RawBind::Inet { host: Some(host), port: port.to_string(), family })
+    let family = if host.contains(':') {
+        Family::V6
+    } else {
+        Family::V4
+    };
+    Ok(RawBind::Inet {
+        host: Some(host),
+        port: port.to_string(),
+        family,
+    })
 }
 
 /// Splits a command line or list as systemd does: white space separates,
@@ -733,35 +899,6 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// `${VAR}` and `$VAR` from the service's `Environment=` (systemd expands
-/// `ExecStart=` with those; unknown variables become empty).
-fn expand_env(w: &str, env: &[(String, String)]) -> String {
-    let get = |k: &str| env.iter().rev().find(|(n, _)| n == k).map_or("", |(_, v)| v.as_str()).to_string();
-    let mut out = String::new();
-    let b = w.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' && i + 1 < b.len() {
-            if b[i + 1] == b'{' {
-                if let Some(end) = w[i + 2..].find('}') {
-                    out.push_str(&get(&w[i + 2..i + 2 + end]));
-                    i += end + 3;
-                    continue;
-                }
-            } else if b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_' {
-                let len = w[i + 1..].bytes().take_while(|c| c.is_ascii_alphanumeric() || *c == b'_').count();
-                out.push_str(&get(&w[i + 1..i + 1 + len]));
-                i += len + 1;
-                continue;
-            }
-        }
-        let ch = w[i..].chars().next().expect("in bounds");
-        out.push(ch);
-        i += ch.len_utf8();
-    }
-    out
-}
-
 fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
@@ -791,13 +928,20 @@ fn parse_size(v: &str) -> Result<u64, String> {
         Some('T' | 't') => (&v[..v.len() - 1], 1 << 40),
         _ => (v, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{v:?} is not a size"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("{v:?} is too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a size"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{v:?} is too large"))
 }
 
 fn parse_size32(v: &str) -> Result<u32, String> {
     let n = parse_size(v)?;
-    u32::try_from(n).ok().filter(|&n| n <= i32::MAX as u32).ok_or_else(|| format!("{v:?} is too large"))
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n <= i32::MAX as u32)
+        .ok_or_else(|| format!("{v:?} is too large"))
 }
 
 /// A time span: `infinity`, a bare number of seconds, or number+unit
@@ -814,11 +958,16 @@ pub fn parse_timespan(v: &str) -> Result<Option<Duration>, String> {
     }
     while !rest.is_empty() {
         rest = rest.trim_start();
-        let num_len = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+        let num_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
         if num_len == 0 {
             return Err(format!("{v:?} is not a time span"));
         }
-        let n: f64 = rest[..num_len].parse().map_err(|_| format!("{v:?} is not a time span"))?;
+        let n: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{v:?} is not a time span"))?;
         rest = rest[num_len..].trim_start();
         let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
         let unit = &rest[..unit_len];
@@ -839,10 +988,18 @@ pub fn parse_timespan(v: &str) -> Result<Option<Duration>, String> {
 
 fn parse_signal(v: &str) -> Result<i32, String> {
     if let Ok(n) = v.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).map(|s| s as i32).map_err(|_| format!("{v:?} is not a signal"));
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| format!("{v:?} is not a signal"));
     }
-    let name = if v.starts_with("SIG") { v.to_string() } else { format!("SIG{v}") };
-    name.parse::<nix::sys::signal::Signal>().map(|s| s as i32).map_err(|_| format!("{v:?} is not a signal"))
+    let name = if v.starts_with("SIG") {
+        v.to_string()
+    } else {
+        format!("SIG{v}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("{v:?} is not a signal"))
 }
 
 fn rlimit_resource(key: &str) -> Option<i32> {
@@ -900,37 +1057,72 @@ mod tests {
 
     #[test]
     fn words_and_quotes() {
-        assert_eq!(split_words(r#"/bin/sh -c "echo 'a b'" x\ y"#).unwrap(), ["/bin/sh", "-c", "echo 'a b'", "x y"]);
+        assert_eq!(
+            split_words(r#"/bin/sh -c "echo 'a b'" x\ y"#).unwrap(),
+            ["/bin/sh", "-c", "echo 'a b'", "x y"]
+        );
         assert!(split_words("\"open").is_err());
     }
 
     #[test]
     fn timespans() {
         assert_eq!(parse_timespan("10").unwrap(), Some(Duration::from_secs(10)));
-        assert_eq!(parse_timespan("1min 30s").unwrap(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_timespan("500ms").unwrap(), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_timespan("1min 30s").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_timespan("500ms").unwrap(),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(parse_timespan("infinity").unwrap(), None);
         assert!(parse_timespan("5 parsecs").is_err());
     }
 
     #[test]
     fn listen_addresses() {
-        assert!(matches!(parse_listen_address("9999", SockType::Stream), Ok(RawBind::Inet { host: None, family: Family::Dual, .. })));
-        assert!(matches!(parse_listen_address("127.0.0.1:80", SockType::Stream), Ok(RawBind::Inet { family: Family::V4, .. })));
-        assert!(matches!(parse_listen_address("[::1]:80", SockType::Stream), Ok(RawBind::Inet { family: Family::V6, .. })));
-        assert!(matches!(parse_listen_address("/run/x.sock", SockType::Stream), Ok(RawBind::Unix { .. })));
-        assert!(matches!(parse_listen_address("@abstract", SockType::Stream), Ok(RawBind::Unix { .. })));
+        assert!(matches!(
+            parse_listen_address("9999", SockType::Stream),
+            Ok(RawBind::Inet {
+                host: None,
+                family: Family::Dual,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_listen_address("127.0.0.1:80", SockType::Stream),
+            Ok(RawBind::Inet {
+                family: Family::V4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_listen_address("[::1]:80", SockType::Stream),
+            Ok(RawBind::Inet {
+                family: Family::V6,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_listen_address("/run/x.sock", SockType::Stream),
+            Ok(RawBind::Unix { .. })
+        ));
+        assert!(matches!(
+            parse_listen_address("@abstract", SockType::Stream),
+            Ok(RawBind::Unix { .. })
+        ));
         assert!(parse_listen_address("localhost:80", SockType::Stream).is_err());
         assert!(parse_listen_address("vsock:2:80", SockType::Stream).is_err());
     }
 
     #[test]
-    fn env_expansion_and_rlimits() {
-        let env = vec![("A".to_string(), "x".to_string()), ("LONG_NAME".into(), "y".into())];
-        assert_eq!(expand_env("${A}-$LONG_NAME-$NONE-$", &env), "x-y--$");
+    fn rlimits_and_signals() {
         assert_eq!(parse_rlimit("1024:4096", false).unwrap(), (1024, 4096));
         assert_eq!(parse_rlimit("8M", false).unwrap(), (8 << 20, 8 << 20));
-        assert_eq!(parse_rlimit("infinity", false).unwrap().0, libc::RLIM_INFINITY);
+        assert_eq!(
+            parse_rlimit("infinity", false).unwrap().0,
+            libc::RLIM_INFINITY
+        );
         assert!(parse_rlimit("10:5", false).is_err());
         assert_eq!(parse_signal("SIGINT").unwrap(), libc::SIGINT);
         assert_eq!(parse_signal("HUP").unwrap(), libc::SIGHUP);

@@ -16,6 +16,7 @@ use std::ptr;
 use libc::{c_char, c_int, gid_t};
 
 use super::child::{ChildPlan, RawCreds, MAX_LISTEN, MAX_RLIMITS, MAX_SIGNALS};
+use crate::config::unit::INSTANCE_MARK;
 use crate::config::{cstring, Creds, ExecSpec, Handler, Handover, Service, StdFd};
 
 /// Variables doorman sets itself; an inherited value is dropped so that a
@@ -100,6 +101,10 @@ pub struct Image {
     path: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
+    /// argv holds a unit template's instance marker (`%i`), replaced per
+    /// connection by `COUNTER-LOCAL-REMOTE`, as systemd names instances.
+    argv_template: Option<Vec<String>>,
+    instances: std::cell::Cell<u64>,
     env: Vec<CString>,
     creds: Option<Creds>,
     set_groups: bool,
@@ -137,10 +142,18 @@ impl Image {
             .map(|r| (r.resource, r.soft, r.hard))
             .collect();
         rlimits.truncate(MAX_RLIMITS);
+        let template = match &svc.handler {
+            Handler::Exec { argv, .. } if argv.iter().any(|a| a.contains(INSTANCE_MARK)) => {
+                Some(argv.clone())
+            }
+            _ => None,
+        };
         Image {
             path,
             _argv: argv,
             argv_ptrs,
+            argv_template: template,
+            instances: std::cell::Cell::new(0),
             env: base.for_service(&svc.exec),
             creds,
             set_groups,
@@ -229,6 +242,9 @@ impl Peer {
 pub struct Launch<'a> {
     image: &'a Image,
     _env: Vec<CString>,
+    /// A template's argv with this connection's instance name.
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
     listen_pid: Option<Vec<u8>>,
     envp: Vec<*const c_char>,
     std: [RawFd; 3],
@@ -278,9 +294,29 @@ impl<'a> Launch<'a> {
             envp.push(slot.as_ptr().cast());
         }
         envp.push(ptr::null());
+        let (argv, argv_ptrs) = match &image.argv_template {
+            Some(t) => {
+                let n = image.instances.get();
+                image.instances.set(n + 1);
+                let inst = match peer {
+                    Peer::Tcp { remote, local } => format!("{n}-{local}-{remote}"),
+                    _ => n.to_string(),
+                };
+                let argv: Vec<CString> = t
+                    .iter()
+                    .map(|a| cstring(&a.replace(INSTANCE_MARK, &inst)))
+                    .collect();
+                let mut ptrs: Vec<*const c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+                ptrs.push(ptr::null());
+                (argv, ptrs)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         Launch {
             image,
             _env: env,
+            _argv: argv,
+            argv_ptrs,
             listen_pid,
             envp,
             std,
@@ -311,7 +347,11 @@ impl<'a> Launch<'a> {
             .map(|s| (s[b"LISTEN_PID=".len()..].as_mut_ptr(), PID_WIDTH));
         ChildPlan {
             path: img.path.as_ptr(),
-            argv: img.argv_ptrs.as_ptr(),
+            argv: if self.argv_ptrs.is_empty() {
+                img.argv_ptrs.as_ptr()
+            } else {
+                self.argv_ptrs.as_ptr()
+            },
             envp: self.envp.as_ptr(),
             std: self.std,
             listen,

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod examples;
 mod nowait;
+mod units;
 mod unix;
 mod util;
 mod wait;
