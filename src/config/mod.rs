@@ -347,6 +347,7 @@ impl Service {
 pub fn display_argv(argv: &[String]) -> String {
     let mut out = String::new();
     for (i, a) in argv.iter().enumerate() {
+        let a = &a.replace(unit::INSTANCE_MARK, "%i");
         if i > 0 {
             out.push(' ');
         }

@@ -34,3 +34,18 @@ fn conf_doorman_conf_serves_its_services() {
     let echo = d.addrs[d.addrs.len() - 1];
     assert_eq!(talk(echo, b"ping\n"), "ping\n");
 }
+
+#[test]
+fn conf_units_serve_their_service() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = TempDir::new();
+    for f in ["hello.socket", "hello@.service"] {
+        let text = std::fs::read_to_string(format!("{root}/conf/units/{f}")).unwrap();
+        dir.write(f, &text.replace("127.0.0.1:9996", "127.0.0.1:0"), false);
+    }
+    let units = dir.path().to_str().unwrap().to_string();
+    let d = Doorman::start(TempDir::new(), &["-f".into(), units], Opts::default());
+    let hello = talk(d.addr(0), b"");
+    assert!(hello.starts_with("Hello 127.0.0.1:"), "{hello}\n{}", d.log.text());
+    drop(dir);
+}
