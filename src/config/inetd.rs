@@ -498,10 +498,26 @@ fn parse_wait(field: &str) -> Result<WaitField, String> {
                 out.limits.max_instances = (n > 0).then_some(n);
             }
             "rate" => {
-                let n = parse_count(v, "rate")?;
+                // rate=N[/INTERVAL[/PAUSE]], seconds (default 60 and 600).
+                let mut parts = v.split('/');
+                let n = parse_count(parts.next().unwrap_or(""), "rate")?;
+                let interval = match parts.next() {
+                    Some(i) => {
+                        Duration::from_secs(u64::from(parse_count(i, "rate interval")?.max(1)))
+                    }
+                    None => DEFAULT_RATE.interval,
+                };
+                let pause = match parts.next() {
+                    Some(p) => Duration::from_secs(u64::from(parse_count(p, "rate pause")?)),
+                    None => DEFAULT_RATE.pause,
+                };
+                if parts.next().is_some() {
+                    return Err(format!("rate={v:?}: expected N[/INTERVAL[/PAUSE]]"));
+                }
                 out.limits.rate = (n > 0).then_some(Rate {
                     max: n,
-                    ..DEFAULT_RATE
+                    interval,
+                    pause,
                 });
             }
             _ => {

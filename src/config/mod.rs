@@ -9,6 +9,7 @@
 pub mod inetd;
 pub mod resolve;
 pub mod unit;
+pub mod xinetd;
 
 use std::ffi::CString;
 use std::fmt;
@@ -427,11 +428,23 @@ impl fmt::Display for Service {
             num(l.per_source_per_minute)
         )?;
         match l.rate {
-            Some(r) => write!(f, " rate={}/{}s", r.max, r.interval.as_secs_f64())?,
+            Some(r) => write!(
+                f,
+                " rate={}/{}s,pause={}s",
+                r.max,
+                r.interval.as_secs_f64(),
+                r.pause.as_secs_f64()
+            )?,
             None => write!(f, " rate=-")?,
         }
         if let Some(r) = l.poll {
-            write!(f, " poll={}/{}s", r.max, r.interval.as_secs_f64())?;
+            write!(
+                f,
+                " poll={}/{}s,pause={}s",
+                r.max,
+                r.interval.as_secs_f64(),
+                r.pause.as_secs_f64()
+            )?;
         }
         if let Some(c) = &self.creds {
             if c.groups != [c.gid] {
@@ -529,7 +542,7 @@ pub fn detect(path: &Path, text: Option<&str>) -> Format {
     if unit::is_socket_unit(path) {
         return Format::Systemd;
     }
-    if text.is_some_and(|_| false) {
+    if text.is_some_and(xinetd::looks_like) {
         return Format::Xinetd;
     }
     Format::Inetd
@@ -553,7 +566,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
         let parsed = if file.is_dir() {
             match sources.format.unwrap_or_else(|| detect(file, None)) {
                 Format::Systemd => unit::parse_dir(file),
-                Format::Xinetd => inetd::Parsed::default(),
+                Format::Xinetd => xinetd::parse_dir(file),
                 Format::Inetd => {
                     errors.push(ConfigError::new(
                         &Origin::new(file, 0),
@@ -573,7 +586,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
             };
             match sources.format.unwrap_or_else(|| detect(file, Some(&text))) {
                 Format::Systemd => unit::parse_socket_unit(file),
-                Format::Xinetd => inetd::Parsed::default(),
+                Format::Xinetd => xinetd::parse(file, &text),
                 Format::Inetd => inetd::parse(file, &text),
             }
         };

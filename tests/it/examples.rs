@@ -46,6 +46,30 @@ fn conf_units_serve_their_service() {
     let units = dir.path().to_str().unwrap().to_string();
     let d = Doorman::start(TempDir::new(), &["-f".into(), units], Opts::default());
     let hello = talk(d.addr(0), b"");
-    assert!(hello.starts_with("Hello 127.0.0.1:"), "{hello}\n{}", d.log.text());
+    assert!(
+        hello.starts_with("Hello 127.0.0.1:"),
+        "{hello}\n{}",
+        d.log.text()
+    );
+    drop(dir);
+}
+
+#[test]
+fn conf_xinetd_serves_its_service() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = TempDir::new();
+    let text = std::fs::read_to_string(format!("{root}/conf/xinetd/hello")).unwrap();
+    dir.write("hello", &text.replace("9995", "0"), false);
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), dir.path().to_str().unwrap().into()],
+        Opts::default(),
+    );
+    let hello = talk(d.addr(0), b"");
+    assert!(
+        hello.starts_with("Hello 127.0.0.1:"),
+        "{hello}\n{}",
+        d.log.text()
+    );
     drop(dir);
 }

@@ -9,3 +9,4 @@ mod units;
 mod unix;
 mod util;
 mod wait;
+mod xinetd;

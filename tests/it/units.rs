@@ -372,35 +372,41 @@ fn service_settings_reach_the_handler() {
 #[test]
 fn same_service_from_every_front_end() {
     let dir = TempDir::new();
+    // One service, said in each syntax: at most 5 at once, 50 starts per
+    // second then a 1 s pause (what systemd's trigger limit means), as nobody.
     dir.write(
         "inetd.conf",
-        "127.0.0.1:7777 stream tcp nowait/5 nobody /bin/cat /bin/cat -u\n",
+        "127.0.0.1:7777 stream tcp nowait/5,rate=50/1/1 nobody /bin/cat /bin/cat -u\n",
         false,
     );
-    dir.write("e.socket", "[Socket]\nListenStream=127.0.0.1:7777\nAccept=yes\nMaxConnections=5\nTriggerLimitBurst=256\nTriggerLimitIntervalSec=60\nPollLimitBurst=0\n", false);
     dir.write(
-        "e@.service",
-        "[Service]\nUser=nobody\nExecStart=/bin/cat -u\nStandardInput=socket\n",
+        "e.socket",
+        "[Socket]\nListenStream=127.0.0.1:7777\nAccept=yes\nMaxConnections=5\nTriggerLimitBurst=50\nTriggerLimitIntervalSec=1\nPollLimitBurst=0\n",
         false,
     );
-    let line = |f: &str, extra: &[&str]| {
+    dir.write("e@.service", "[Service]\nUser=nobody\nExecStart=/bin/cat -u\nStandardInput=socket\nStandardError=socket\n", false);
+    dir.write(
+        "xinetd.conf",
+        "service e\n{\n    type = UNLISTED\n    port = 7777\n    bind = 127.0.0.1\n    socket_type = stream\n    wait = no\n    user = nobody\n    server = /bin/cat\n    flags = NAMEINARGS\n    server_args = /bin/cat -u\n    instances = 5\n    cps = 50 1\n}\n",
+        false,
+    );
+    let line = |f: &str| {
         let path = dir.path().join(f);
-        let mut args = vec!["--check", "-f", path.to_str().unwrap()];
-        args.extend(extra);
-        let (code, out, err) = run(&args);
+        let (code, out, err) = run(&["--check", "-f", path.to_str().unwrap()]);
         assert_eq!(code, 0, "{f}: {err}");
         // Everything after the name is the normalized service.
         out.trim().split_once(' ').unwrap().1.to_string()
     };
-    let inetd = line("inetd.conf", &[]);
-    let unit = line("e.socket", &[]);
-    assert_eq!(inetd, unit);
+    let inetd = line("inetd.conf");
+    assert_eq!(inetd, line("e.socket"));
+    assert_eq!(inetd, line("xinetd.conf"));
     assert!(
         inetd.contains(
             "listen=stream:tcp4:127.0.0.1:7777 mode=nowait handover=inetd user=nobody(65534)"
         ),
         "{inetd}"
     );
+    assert!(inetd.contains("rate=50/1s,pause=1s"), "{inetd}");
 }
 
 #[test]
