@@ -281,6 +281,25 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 ];
 
 impl Builder {
+    /// Whether `a` is a directive of `section` for the caller to apply.
+    /// `[Unit]` `Description=` is taken here (the socket's first, it is read
+    /// first); other sections are passed over or warned about.
+    fn take(&mut self, a: &Assignment, section: &str, known: &[&str]) -> bool {
+        if a.section == "Unit" && a.key == "Description" {
+            if self.raw.description.is_none() {
+                self.raw.description = Some(a.value.clone());
+            }
+            return false;
+        }
+        if a.section != section {
+            if a.section != "Unit" && a.section != "Install" {
+                self.check_known(a, &[]);
+            }
+            return false;
+        }
+        self.check_known(a, known)
+    }
+
     fn check_known(&mut self, a: &Assignment, known: &[&str]) -> bool {
         if known.contains(&a.key.as_str()) {
             return true;
@@ -348,17 +367,7 @@ impl Builder {
         let mut poll = (Duration::from_secs(2), None::<u32>);
         let mut bind_v6 = None;
         for a in all.iter() {
-            if a.section == "Unit" && a.key == "Description" {
-                self.raw.description = Some(a.value.clone());
-                continue;
-            }
-            if a.section != "Socket" {
-                if a.section != "Unit" && a.section != "Install" {
-                    self.check_known(a, &[]);
-                }
-                continue;
-            }
-            if !self.check_known(a, KNOWN) {
+            if !self.take(a, "Socket", KNOWN) {
                 continue;
             }
             let v = a.value.as_str();
@@ -528,17 +537,7 @@ impl Builder {
         let (mut stdin, mut stdout, mut stderr) = (None::<String>, None::<String>, None::<String>);
         let mut env: Vec<(String, String)> = Vec::new();
         for a in all.iter() {
-            if a.section == "Unit" && a.key == "Description" && self.raw.description.is_none() {
-                self.raw.description = Some(a.value.clone());
-                continue;
-            }
-            if a.section != "Service" {
-                if a.section != "Unit" && a.section != "Install" {
-                    self.check_known(a, &[]);
-                }
-                continue;
-            }
-            if !self.check_known(a, KNOWN) {
+            if !self.take(a, "Service", KNOWN) {
                 continue;
             }
             let v = a.value.as_str();
