@@ -11,7 +11,7 @@ use argh::FromArgs;
 use crate::config::inetd::{self, RawBind, RawService, DEFAULT_RATE};
 use crate::config::{Format, Handover, Limits, Mode, Rate, SockType, Sources};
 use crate::error::{Error, Origin};
-use crate::server::Options;
+use crate::server::{OnStop, Options};
 
 /// The configuration read when neither -f nor --listen is given.
 pub const DEFAULT_CONFIG: &str = "/etc/doorman.conf";
@@ -80,13 +80,37 @@ pub struct Args {
     #[argh(option)]
     pub ready_fd: Option<i32>,
 
-    /// on SIGTERM/SIGINT, send SIGTERM to every handler and wait for them (SIGKILL after --stop-timeout)
+    /// on SIGTERM/SIGINT: leave running handlers alone, or term them (their stop signal to each process group, SIGKILL after --stop-timeout); default term with --listen or as PID 1, else leave
+    #[argh(option)]
+    pub on_stop: Option<String>,
+
+    /// the same as --on-stop term
     #[argh(switch)]
     pub stop_children: bool,
 
-    /// seconds to wait for handlers with --stop-children (default 10)
+    /// seconds to wait for handlers to stop before SIGKILL (default 10; a unit's TimeoutStopSec= wins)
     #[argh(option, default = "10")]
     pub stop_timeout: u64,
+
+    /// serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100)
+    #[argh(option)]
+    pub metrics: Option<String>,
+
+    /// log lines as text (the default) or json, one object per line
+    #[argh(option)]
+    pub log_format: Option<String>,
+
+    /// write doorman's pid to this file (atomically), remove it at exit
+    #[argh(option)]
+    pub pidfile: Option<PathBuf>,
+
+    /// send SIGHUP to the doorman whose pid is in --pidfile (default /run/doorman.pid) and exit
+    #[argh(switch)]
+    pub reload: bool,
+
+    /// detach: fork into the background, log to syslog (/dev/log)
+    #[argh(switch)]
+    pub daemon: bool,
 
     /// log more (repeat for even more)
     #[argh(switch, short = 'v')]
@@ -179,18 +203,45 @@ impl Args {
             })?),
             None => None,
         };
+        let on_stop = match (self.on_stop.as_deref(), self.stop_children) {
+            (Some("term"), _) | (None, true) => OnStop::Term,
+            (Some("leave"), false) => OnStop::Leave,
+            (Some("leave"), true) => {
+                return Err(usage("--on-stop leave contradicts --stop-children"))
+            }
+            (Some(o), _) => return Err(usage(&format!("--on-stop {o:?}: expected leave or term"))),
+            // Containers (--listen, PID 1) stop their handlers; a classic
+            // inetd leaves them.
+            (None, false) if listen.is_some() || std::process::id() == 1 => OnStop::Term,
+            (None, false) => OnStop::Leave,
+        };
+        let metrics = match &self.metrics {
+            Some(m) => Some(m.parse::<std::net::SocketAddr>().map_err(|_| {
+                usage(&format!(
+                    "--metrics {m:?}: expected ADDR:PORT, e.g. 127.0.0.1:9100"
+                ))
+            })?),
+            None => None,
+        };
+        match self.log_format.as_deref() {
+            None | Some("text" | "json") => {}
+            Some(f) => return Err(usage(&format!("--log-format {f:?}: expected text or json"))),
+        }
+        let sources = Sources {
+            files,
+            format,
+            listen,
+        };
         Ok(Plan {
-            sources: Sources {
-                files,
-                format,
-                listen,
-            },
             check: self.check,
             options: Options {
                 ready_fd: self.ready_fd,
-                stop_children: self.stop_children,
+                on_stop,
                 stop_timeout: Duration::from_secs(self.stop_timeout),
+                metrics,
+                sources: sources.clone(),
             },
+            sources,
         })
     }
 

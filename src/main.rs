@@ -4,7 +4,10 @@
 mod cli;
 mod config;
 mod error;
+mod events;
 mod listen;
+mod metrics;
+mod notify;
 mod policy;
 mod reap;
 mod server;
@@ -25,8 +28,28 @@ fn main() -> ExitCode {
         println!("doorman {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::from(EXIT_OK);
     }
+    if args.reload {
+        return ExitCode::from(match send_reload(&args) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("doorman: {e}");
+                e.exit_code()
+            }
+        });
+    }
     init_logging(&args);
-    match run(&args) {
+    let result = run(&args);
+    if let Some(p) = &args.pidfile {
+        // Only the doorman that wrote it removes it.
+        if std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            == Some(std::process::id())
+        {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             for line in e.to_string().lines() {
@@ -71,12 +94,20 @@ fn run(args: &cli::Args) -> Result<u8, Error> {
     for s in &loaded.services {
         log::debug!("service {s}");
     }
+    if args.daemon {
+        daemonize()?;
+    }
     let server = server::Server::start(loaded, trap, plan.options)?;
+    if let Some(p) = &args.pidfile {
+        write_pidfile(p)
+            .map_err(|e| Error::system(format!("--pidfile {}", p.display()), errno_of(&e)))?;
+    }
     Ok(server.run())
 }
 
-/// Log to stderr: `RUST_LOG` if set, else info (`-v` debug, `-v -v`
-/// trace, `-q` warnings only).
+/// Log to stderr (to syslog with `--daemon`): `RUST_LOG` if set, else
+/// info (`-v` debug, `-v -v` trace, `-q` warnings only); events as text or
+/// JSON lines (`--log-format`).
 fn init_logging(args: &cli::Args) {
     let level = match (args.quiet, args.verbose) {
         (true, _) => log::LevelFilter::Warn,
@@ -84,23 +115,154 @@ fn init_logging(args: &cli::Args) {
         (false, 1) => log::LevelFilter::Debug,
         (false, _) => log::LevelFilter::Trace,
     };
+    let json = args.log_format.as_deref() == Some("json");
+    events::set_json(json);
+    let syslog = args.daemon && !args.check;
+    let pid = std::process::id();
     let mut b = env_logger::Builder::new();
     b.filter_level(level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
     }
-    b.format(|buf, rec| {
+    b.format(move |buf, rec| {
+        let level = rec.level().as_str().to_ascii_lowercase();
+        let is_event = rec.target() == events::TARGET;
+        if syslog {
+            // RFC 3164 over /dev/log, facility daemon; the pid is the
+            // daemon's, which changed when it detached.
+            let sev = match rec.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                _ => 7,
+            };
+            return writeln!(
+                buf,
+                "<{}>doorman[{}]: {}",
+                24 + sev,
+                std::process::id(),
+                rec.args()
+            );
+        }
+        if json {
+            let mut line = String::from("{\"ts\":");
+            events::escape_into(&mut line, &timestamp());
+            line.push_str(",\"level\":");
+            events::escape_into(&mut line, &level);
+            line.push(',');
+            if is_event {
+                line.push_str(&rec.args().to_string());
+            } else {
+                line.push_str("\"msg\":");
+                events::escape_into(&mut line, &rec.args().to_string());
+            }
+            line.push('}');
+            return writeln!(buf, "{line}");
+        }
         writeln!(
             buf,
-            "{} doorman[{}]: {}: {}",
+            "{} doorman[{pid}]: {level}: {}",
             timestamp(),
-            std::process::id(),
-            rec.level().as_str().to_ascii_lowercase(),
             rec.args()
         )
     });
-    b.target(env_logger::Target::Stderr);
+    if syslog {
+        b.target(env_logger::Target::Pipe(Box::new(Syslog::default())));
+    } else {
+        b.target(env_logger::Target::Stderr);
+    }
     b.init();
+}
+
+/// Sends each log line as one datagram to /dev/log.
+#[derive(Default)]
+struct Syslog {
+    line: Vec<u8>,
+    sock: Option<std::os::unix::net::UnixDatagram>,
+}
+
+impl Write for Syslog {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(data);
+        while let Some(i) = self.line.iter().position(|&b| b == b'\n') {
+            let msg: Vec<u8> = self.line.drain(..=i).collect();
+            if self.sock.is_none() {
+                let s = std::os::unix::net::UnixDatagram::unbound()?;
+                s.set_nonblocking(true)?;
+                self.sock = Some(s);
+            }
+            if let Some(s) = &self.sock {
+                // A full or missing syslog loses the line, never the loop.
+                let _ = s.send_to(&msg[..msg.len() - 1], "/dev/log");
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `--daemon`: the classic double fork; the first parent exits 0, the
+/// daemon runs in a new session with / as its directory and stdio on
+/// /dev/null.
+fn daemonize() -> Result<(), Error> {
+    use nix::unistd::{fork, setsid, ForkResult};
+    // SAFETY: doorman is single-threaded here; the child goes on running
+    // ordinary code, as a process of its own.
+    match unsafe { fork() }.map_err(|e| Error::system("fork", e))? {
+        ForkResult::Parent { .. } => std::process::exit(0),
+        ForkResult::Child => {}
+    }
+    setsid().map_err(|e| Error::system("setsid", e))?;
+    // SAFETY: as above.
+    match unsafe { fork() }.map_err(|e| Error::system("fork", e))? {
+        ForkResult::Parent { .. } => std::process::exit(0),
+        ForkResult::Child => {}
+    }
+    let _ = std::env::set_current_dir("/");
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::system("open /dev/null", e))?;
+    for fd in 0..3 {
+        let _ = nix::unistd::dup2(null, fd);
+    }
+    if null > 2 {
+        let _ = nix::unistd::close(null);
+    }
+    Ok(())
+}
+
+/// Writes the pid next to `path` and renames it into place, so that a
+/// reader never sees a partial file.
+fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `--reload`: SIGHUP to the pid in the pidfile.
+fn send_reload(args: &cli::Args) -> Result<(), Error> {
+    let path = args
+        .pidfile
+        .clone()
+        .unwrap_or_else(|| "/run/doorman.pid".into());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Usage(format!("--reload: {}: {e}", path.display())))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| Error::Usage(format!("--reload: {}: no pid in it", path.display())))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| Error::system(format!("--reload: kill -HUP {pid}"), e))
 }
 
 /// Now, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a time-zone database.

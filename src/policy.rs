@@ -30,6 +30,17 @@ pub enum Reason {
     SourceInstances { max: u32 },
 }
 
+impl Reason {
+    /// The short name used as a metrics label.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Reason::Rate { .. } => "rate",
+            Reason::SourceRate { .. } => "per-source-rate",
+            Reason::SourceInstances { .. } => "per-source-instances",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

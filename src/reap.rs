@@ -17,7 +17,10 @@ use nix::unistd::Pid;
 /// One running handler.
 #[derive(Clone, Debug)]
 pub struct Child {
+    /// Index of the service (`usize::MAX` once a reload removed it).
     pub service: usize,
+    /// The service's label when the handler started, for its exit line.
+    pub label: String,
     /// The source address counted by policy, if any.
     pub source: Option<IpAddr>,
     /// `addr:port` of the peer, for log lines.
@@ -37,6 +40,16 @@ pub struct WaitHold {
     /// How much was queued on it at the start, to tell a handler that
     /// serves from one that exits without consuming anything.
     pub queued: Option<u64>,
+}
+
+impl WaitHold {
+    /// Follows listeners to their new indices after a reload; listeners
+    /// that were closed are dropped.
+    pub fn remap(&mut self, old_to_new: &[Option<usize>]) {
+        let map = |i: usize| old_to_new.get(i).copied().flatten();
+        self.listeners = self.listeners.iter().filter_map(|&i| map(i)).collect();
+        self.woke = map(self.woke).unwrap_or(usize::MAX);
+    }
 }
 
 /// How a child ended.
@@ -77,6 +90,13 @@ pub struct Children {
 }
 
 impl Children {
+    /// Applies `f` to every record (reload: services and listeners moved).
+    pub fn remap(&mut self, mut f: impl FnMut(&mut Child)) {
+        for c in self.table.values_mut() {
+            f(c);
+        }
+    }
+
     pub fn insert(&mut self, pid: Pid, child: Child) {
         self.table.insert(pid.as_raw(), child);
     }

@@ -2,17 +2,20 @@
 //!
 //! Owns: dispatch by token, accepting until `WouldBlock` (in fair batches),
 //! waking `wait` services (handing over the listening socket, unplugging it
-//! until the handler exits), performing policy decisions, registering and
-//! deregistering listeners, deadlines (rate pauses, the `EMFILE` back-off,
-//! datagram re-arming), the spin guard, and shutdown.
+//! until the handler and everything in its session are gone), performing
+//! policy decisions, registering and deregistering listeners, deadlines
+//! (rate pauses, the `EMFILE` back-off, datagram re-arming, scrape
+//! time-outs), the spin guard, reload (keep sockets by bind key), the
+//! metrics endpoint, readiness notification and shutdown.
 //! Must not: fork itself (spawn does) or parse text (config does).
 
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{debug, error, info, warn, Level};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
@@ -20,9 +23,12 @@ use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
 use crate::config::inetd::DEFAULT_RATE;
-use crate::config::{Address, Handler, Loaded, Mode, Service, SockType};
+use crate::config::{self, Address, Endpoint, Handler, Loaded, Mode, Service, SockType, Sources};
 use crate::error::Error;
+use crate::events::{emit, V};
 use crate::listen::{self, storage_to_std, UnlinkOnDrop};
+use crate::metrics::{self, Gauges, Metrics};
+use crate::notify::{self, Notify};
 use crate::policy::{Counters, Decision};
 use crate::reap::{Child, Children, Exit, Outcome, WaitHold};
 use crate::signals::{self, Signal, Trap};
@@ -30,13 +36,19 @@ use crate::spawn::image::{BaseEnv, Image, Launch, Peer};
 use crate::spawn::{self};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
+const METRICS_TOKEN: Token = Token(usize::MAX - 1);
+/// Scrape connections use tokens from here up.
+const SCRAPE_BASE: usize = 1 << 40;
+/// At most this many scrapes at once; more are closed at once.
+const MAX_SCRAPES: usize = 16;
+/// A scrape must be done within this time.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections accepted from one listener before the others get a turn.
 const ACCEPT_BATCH: usize = 32;
 /// How long accepting pauses after `EMFILE`/`ENFILE`.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// A dgram `wait` service allowed more than one instance watches its
-/// socket again this long after starting one (the new instance has had
-/// time to read the datagram that woke it).
+/// socket again this long after starting one.
 const DGRAM_REARM: Duration = Duration::from_millis(250);
 /// The spin guard: a `wait` handler that exits within this time, leaving
 /// its socket readable and its queue no shorter ...
@@ -44,19 +56,32 @@ const SPIN_LIFETIME: Duration = Duration::from_secs(2);
 /// ... this many times in a row pauses its service (looping protection).
 pub const SPIN_LIMIT: u32 = 5;
 
+/// What SIGTERM/SIGINT do to running handlers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStop {
+    /// Leave them running (classic inetd).
+    Leave,
+    /// Signal each as its service says (SIGTERM to its process group by
+    /// default), wait up to the timeout, then SIGKILL.
+    Term,
+}
+
 /// Run-time options from the command line.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Write `READY\n` here once every socket is bound, then close it.
     pub ready_fd: Option<RawFd>,
-    /// On SIGTERM/SIGINT, SIGTERM every handler's process group and wait
-    /// up to `stop_timeout` (then SIGKILL) before exiting.
-    pub stop_children: bool,
+    pub on_stop: OnStop,
     pub stop_timeout: Duration,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<SocketAddr>,
+    /// What to read again on SIGHUP.
+    pub sources: Sources,
 }
 
 struct ServiceRt {
     svc: Service,
+    label: String,
     image: Image,
     counters: Counters,
     paused_until: Option<Instant>,
@@ -66,7 +91,7 @@ struct ServiceRt {
 /// The state of a `wait` listener.
 #[derive(Default)]
 struct WaitState {
-    /// Handlers holding this socket now.
+    /// Handlers (or sessions they left behind) holding this socket now.
     running: u32,
     /// Consecutive handlers that exited at once leaving the socket unread.
     spins: u32,
@@ -77,8 +102,11 @@ struct WaitState {
 
 struct ListenerRt {
     fd: OwnedFd,
+    /// The endpoint as configured: what identifies it across reloads.
+    key: (SockType, Address, bool),
     local: Address,
     sock_type: SockType,
+    nonblocking: bool,
     /// Bound to a wildcard IP address: the connection's local address must
     /// be asked of the kernel.
     wildcard: bool,
@@ -94,6 +122,21 @@ impl ListenerRt {
     }
 }
 
+/// A wait handler that exited while processes of its session still run
+/// (it daemonized): its listeners stay handed over until they are gone.
+struct Held {
+    session: i32,
+    hold: WaitHold,
+}
+
+/// One scrape of the metrics endpoint in progress.
+struct Scrape {
+    stream: std::net::TcpStream,
+    request: Vec<u8>,
+    reply: Option<(Vec<u8>, usize)>,
+    deadline: Instant,
+}
+
 /// The daemon's whole state.
 pub struct Server {
     poll: Poll,
@@ -101,16 +144,70 @@ pub struct Server {
     services: Vec<ServiceRt>,
     listeners: Vec<ListenerRt>,
     children: Children,
+    held: Vec<Held>,
     base_env: BaseEnv,
+    reset_signals: Vec<libc::c_int>,
     devnull: OwnedFd,
     emfile_until: Option<Instant>,
-    /// The `EMFILE` warning was logged and no accept has succeeded since:
-    /// one line per episode, not one per back-off.
+    /// The `EMFILE` warning was logged and no accept has succeeded since.
     emfile_warned: bool,
-    /// Listeners whose batch ran out before `WouldBlock`, or that were just
-    /// registered again: served on the next turn of the loop.
+    /// Listeners to serve on the next turn of the loop (batch ran out, or
+    /// just registered again).
     backlog: Vec<usize>,
+    metrics: Metrics,
+    metrics_listener: Option<std::net::TcpListener>,
+    scrapes: Vec<Option<Scrape>>,
+    notify: Option<Notify>,
     opts: Options,
+}
+
+/// Binds one endpoint, falling back from a dual-stack "any" socket to
+/// IPv4 on hosts without IPv6. `Ok(None)`: an optional endpoint skipped.
+fn open_endpoint(svc: &Service, ep: &Endpoint) -> Result<Option<listen::Bound>, String> {
+    let nonblocking = svc.mode == Mode::Accept;
+    let bound = listen::bind(ep, nonblocking).or_else(|(what, errno)| match ep.addr {
+        Address::Inet(SocketAddr::V6(a))
+            if a.ip().is_unspecified() && !ep.v6only && listen::is_family_unsupported(errno) =>
+        {
+            warn!(
+                "{}: {what}: {}; using 0.0.0.0 instead",
+                svc.label(),
+                errno.desc()
+            );
+            let mut v4 = ep.clone();
+            v4.addr = Address::Inet(SocketAddr::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                a.port(),
+            ));
+            listen::bind(&v4, nonblocking)
+        }
+        _ => Err((what, errno)),
+    });
+    match bound {
+        Ok(b) => Ok(Some(b)),
+        Err((what, errno)) if ep.optional && listen::is_family_unsupported(errno) => {
+            warn!(
+                "{}: {what}: {} (skipped: no support for this address family) ({})",
+                svc.label(),
+                errno.desc(),
+                svc.origin
+            );
+            Ok(None)
+        }
+        Err((what, errno)) => Err(format!(
+            "{}: {what}: {} ({})",
+            svc.label(),
+            errno.desc(),
+            svc.origin
+        )),
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Accept => "nowait",
+        Mode::Wait => "wait",
+    }
 }
 
 impl Server {
@@ -126,113 +223,72 @@ impl Server {
         .map_err(|e| Error::system("open /dev/null", e))?;
         // SAFETY: `open` just returned this fd and nothing else owns it.
         let devnull = unsafe { OwnedFd::from_raw_fd(devnull) };
-        let reset = signals::to_reset_in_children();
+        let metrics_listener = match opts.metrics {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .map_err(|e| Error::Bind(format!("--metrics {addr}: bind: {e}")))?;
+                l.set_nonblocking(true)
+                    .map_err(|e| Error::system("metrics socket", io_errno(&e)))?;
+                Some(l)
+            }
+            None => None,
+        };
         let mut server = Server {
             poll,
             trap,
             services: Vec::new(),
             listeners: Vec::new(),
             children: Children::default(),
+            held: Vec::new(),
             base_env: BaseEnv::capture(),
+            reset_signals: signals::to_reset_in_children(),
             devnull,
             emfile_until: None,
             emfile_warned: false,
             backlog: Vec::new(),
+            metrics: Metrics::default(),
+            metrics_listener,
+            scrapes: Vec::new(),
+            notify: Notify::from_env(),
             opts,
         };
-        for svc in loaded.services {
-            let idx = server.services.len();
-            let mut listeners = Vec::new();
-            let mode = match svc.mode {
-                Mode::Accept => "nowait",
-                Mode::Wait => "wait",
-            };
-            for ep in &svc.endpoints {
-                let nonblocking = svc.mode == Mode::Accept;
-                let bound = listen::bind(ep, nonblocking).or_else(|(what, errno)| {
-                    // A dual-stack "any" socket on a host without IPv6:
-                    // IPv4 alone serves the same clients.
-                    match ep.addr {
-                        Address::Inet(SocketAddr::V6(a))
-                            if a.ip().is_unspecified()
-                                && !ep.v6only
-                                && listen::is_family_unsupported(errno) =>
-                        {
-                            warn!(
-                                "{}: {what}: {}; using 0.0.0.0 instead",
-                                svc.label(),
-                                errno.desc()
-                            );
-                            let mut v4 = ep.clone();
-                            v4.addr = Address::Inet(SocketAddr::new(
-                                std::net::Ipv4Addr::UNSPECIFIED.into(),
-                                a.port(),
-                            ));
-                            listen::bind(&v4, nonblocking)
-                        }
-                        _ => Err((what, errno)),
-                    }
-                });
-                match bound {
-                    Ok(b) => {
-                        info!(
-                            "listen service={} addr={} type={} proto={} mode={mode} handover={}",
-                            svc.label(),
-                            b.local,
-                            ep.sock_type.as_str(),
-                            ep.proto(),
-                            svc.handover.name()
-                        );
-                        listeners.push(server.listeners.len());
-                        server.listeners.push(ListenerRt {
-                            fd: b.fd,
-                            wildcard: matches!(b.local, Address::Inet(a) if a.ip().is_unspecified()),
-                            local: b.local,
-                            sock_type: ep.sock_type,
-                            service: idx,
-                            registered: false,
-                            wait: WaitState::default(),
-                            _unlink: b.unlink,
-                        });
-                    }
-                    Err((what, errno)) if ep.optional && listen::is_family_unsupported(errno) => {
-                        warn!(
-                            "{}: {what}: {} (skipped: no support for this address family) ({})",
-                            svc.label(),
-                            errno.desc(),
-                            svc.origin
-                        );
-                    }
-                    Err((what, errno)) => {
-                        return Err(Error::Bind(format!(
-                            "{}: {what}: {} ({})",
-                            svc.label(),
-                            errno.desc(),
-                            svc.origin
-                        )));
-                    }
-                }
-            }
-            let image = Image::new(&svc, &server.base_env, &reset);
-            server.services.push(ServiceRt {
-                svc,
-                image,
-                counters: Counters::default(),
-                paused_until: None,
-                listeners,
-            });
-        }
+        server.swap(loaded.services, true)?;
         server
             .trap
             .register(server.poll.registry(), SIGNAL_TOKEN)
             .map_err(|e| Error::system("register signals", io_errno(&e)))?;
-        for i in 0..server.services.len() {
-            server.sync(i);
+        if let Some(l) = &server.metrics_listener {
+            let raw = l.as_raw_fd();
+            server
+                .poll
+                .registry()
+                .register(&mut SourceFd(&raw), METRICS_TOKEN, Interest::READABLE)
+                .map_err(|e| Error::system("register metrics socket", io_errno(&e)))?;
+            emit(
+                Level::Info,
+                "metrics",
+                &[(
+                    "addr",
+                    V::O(l.local_addr().map(|a| a.to_string()).unwrap_or_default()),
+                )],
+            );
         }
-        info!(
-            "ready services={} listeners={}",
-            server.services.len(),
-            server.listeners.len()
+        // A subreaper gets the orphans of double-forking handlers, so that
+        // they are reaped and a wait service is held until they are gone.
+        // (As PID 1 doorman gets them anyway.)
+        if std::process::id() != 1 {
+            // SAFETY: prctl with PR_SET_CHILD_SUBREAPER and an integer flag.
+            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+                debug!("prctl(PR_SET_CHILD_SUBREAPER): {}", Errno::last().desc());
+            }
+        }
+        emit(
+            Level::Info,
+            "ready",
+            &[
+                ("services", V::N(server.services.len() as i64)),
+                ("listeners", V::N(server.listeners.len() as i64)),
+            ],
         );
         if let Some(fd) = server.opts.ready_fd {
             // SAFETY: the caller handed us this fd to write readiness to
@@ -242,7 +298,237 @@ impl Server {
                 warn!("--ready-fd {fd}: {e}");
             }
         }
+        server.notify_status("READY=1");
         Ok(server)
+    }
+
+    fn notify_status(&self, first: &str) {
+        if let Some(n) = &self.notify {
+            n.send(&format!(
+                "{first}\nSTATUS=serving {} services on {} sockets, {} handlers running",
+                self.services.len(),
+                self.listeners.len(),
+                self.children.len()
+            ));
+        }
+    }
+
+    /// Installs `services`: every endpoint whose bind key an existing
+    /// listener has keeps that socket (no moment without a listener, no
+    /// queued connection lost); the others are bound; listeners no service
+    /// wants are closed. Counters, pauses, children and held wait sockets
+    /// follow the service that takes over a listener. At start-up
+    /// (`fatal`) a bind failure is an error; on reload it leaves that
+    /// service out and the rest goes on.
+    fn swap(&mut self, services: Vec<Service>, fatal: bool) -> Result<(), Error> {
+        let mut old_listeners: Vec<Option<ListenerRt>> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let old_services = std::mem::take(&mut self.services);
+        let mut old_to_new_listener: Vec<Option<usize>> = vec![None; old_listeners.len()];
+        let mut old_to_new_service: Vec<Option<usize>> = vec![None; old_services.len()];
+        let mut new_listeners: Vec<ListenerRt> = Vec::new();
+        let mut new_services: Vec<ServiceRt> = Vec::new();
+        'svc: for svc in services {
+            let idx = new_services.len();
+            let label = svc.label();
+            let mut mine: Vec<usize> = Vec::new();
+            let mut taken: Vec<(usize, ListenerRt)> = Vec::new();
+            let mut fresh: Vec<listen::Bound> = Vec::new();
+            let mut fresh_keys = Vec::new();
+            for ep in &svc.endpoints {
+                let key = ep.bind_key();
+                if let Some(j) = old_listeners
+                    .iter()
+                    .position(|o| o.as_ref().is_some_and(|l| l.key == key))
+                {
+                    taken.push((j, old_listeners[j].take().expect("present")));
+                    continue;
+                }
+                match open_endpoint(&svc, ep) {
+                    Ok(Some(b)) => {
+                        fresh.push(b);
+                        fresh_keys.push((key, ep.sock_type));
+                    }
+                    Ok(None) => {}
+                    Err(m) if fatal => {
+                        // Put back what was taken so that nothing leaks.
+                        for (j, l) in taken {
+                            old_listeners[j] = Some(l);
+                        }
+                        return Err(Error::Bind(m));
+                    }
+                    Err(m) => {
+                        error!("reload: {m}; service left out");
+                        for (j, l) in taken {
+                            old_listeners[j] = Some(l);
+                        }
+                        continue 'svc;
+                    }
+                }
+            }
+            let nonblocking = svc.mode == Mode::Accept;
+            for (j, mut l) in taken {
+                if l.nonblocking != nonblocking {
+                    let _ = set_nonblocking(l.fd.as_raw_fd(), nonblocking);
+                    l.nonblocking = nonblocking;
+                }
+                if l.service < old_to_new_service.len() {
+                    old_to_new_service[l.service].get_or_insert(idx);
+                }
+                l.service = idx;
+                old_to_new_listener[j] = Some(new_listeners.len());
+                mine.push(new_listeners.len());
+                new_listeners.push(l);
+            }
+            for (b, (key, sock_type)) in fresh.into_iter().zip(fresh_keys) {
+                emit(
+                    Level::Info,
+                    "listen",
+                    &[
+                        ("service", V::S(&label)),
+                        ("addr", V::O(b.local.to_string())),
+                        ("type", V::S(sock_type.as_str())),
+                        (
+                            "proto",
+                            V::S(
+                                svc.endpoints
+                                    .iter()
+                                    .find(|e| e.bind_key() == key)
+                                    .map_or("", |e| e.proto()),
+                            ),
+                        ),
+                        ("mode", V::S(mode_name(svc.mode))),
+                        ("handover", V::O(svc.handover.name())),
+                    ],
+                );
+                mine.push(new_listeners.len());
+                new_listeners.push(ListenerRt {
+                    fd: b.fd,
+                    wildcard: matches!(b.local, Address::Inet(a) if a.ip().is_unspecified()),
+                    key,
+                    local: b.local,
+                    sock_type,
+                    nonblocking,
+                    service: idx,
+                    registered: false,
+                    wait: WaitState::default(),
+                    _unlink: b.unlink,
+                });
+            }
+            mine.sort_unstable();
+            let image = Image::new(&svc, &self.base_env, &self.reset_signals);
+            new_services.push(ServiceRt {
+                svc,
+                label,
+                image,
+                counters: Counters::default(),
+                paused_until: None,
+                listeners: mine,
+            });
+        }
+        // Counters and pauses follow the service that took over a socket.
+        let mut old_services: Vec<Option<ServiceRt>> = old_services.into_iter().map(Some).collect();
+        for (o, n) in old_to_new_service.iter().enumerate() {
+            if let (Some(n), Some(old)) = (n, old_services[o].take()) {
+                new_services[*n].counters = old.counters;
+                new_services[*n].paused_until = old.paused_until;
+            }
+        }
+        // Listeners nobody wants: out of the loop, then closed.
+        for l in old_listeners.into_iter().flatten() {
+            if l.registered {
+                let raw = l.fd.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+            }
+            info!(
+                "close service={} addr={}",
+                old_services
+                    .get(l.service)
+                    .and_then(|s| s.as_ref())
+                    .map_or("-".to_string(), |s| s.label.clone()),
+                l.local
+            );
+        }
+        // Tokens are listener indices: kept sockets are registered again
+        // under their new index.
+        for (i, l) in new_listeners.iter().enumerate() {
+            if l.registered {
+                let raw = l.fd.as_raw_fd();
+                if let Err(e) = self.poll.registry().reregister(
+                    &mut SourceFd(&raw),
+                    Token(i),
+                    Interest::READABLE,
+                ) {
+                    error!("re-register {}: {e}", l.local);
+                }
+            }
+        }
+        self.children.remap(|c: &mut Child| {
+            c.service = old_to_new_service
+                .get(c.service)
+                .copied()
+                .flatten()
+                .unwrap_or(usize::MAX);
+            if let Some(w) = &mut c.wait {
+                w.remap(&old_to_new_listener);
+            }
+        });
+        for h in &mut self.held {
+            h.hold.remap(&old_to_new_listener);
+        }
+        self.services = new_services;
+        self.listeners = new_listeners;
+        self.backlog = (0..self.listeners.len())
+            .filter(|&i| self.listeners[i].registered)
+            .collect();
+        for i in 0..self.services.len() {
+            self.sync(i);
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: read the configuration again; swap only if all of it is good.
+    fn reload(&mut self) {
+        if let Some(n) = &self.notify {
+            n.send(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                notify::monotonic_usec()
+            ));
+        }
+        match config::load(&self.opts.sources) {
+            Err(errors) => {
+                for e in &errors {
+                    error!("reload: {e}");
+                }
+                emit(
+                    Level::Warn,
+                    "reload",
+                    &[
+                        ("result", V::S("failed")),
+                        ("errors", V::N(errors.len() as i64)),
+                        ("kept", V::S("old configuration")),
+                    ],
+                );
+            }
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    warn!("{w}");
+                }
+                let _ = self.swap(loaded.services, false);
+                emit(
+                    Level::Info,
+                    "reload",
+                    &[
+                        ("result", V::S("ok")),
+                        ("services", V::N(self.services.len() as i64)),
+                        ("listeners", V::N(self.listeners.len() as i64)),
+                    ],
+                );
+            }
+        }
+        self.notify_status("READY=1");
     }
 
     /// Serves until SIGTERM/SIGINT. Returns the exit status.
@@ -263,13 +549,15 @@ impl Server {
                 continue;
             }
             // Signals first: reaping frees capacity before we accept.
+            let mut reloaded = false;
             if events.iter().any(|e| e.token() == SIGNAL_TOKEN) {
                 for sig in self.trap.drain() {
                     match sig {
                         Signal::Child => self.reap(),
-                        Signal::Reload => warn!(
-                            "SIGHUP: reloading is not supported by this version; configuration unchanged"
-                        ),
+                        Signal::Reload => {
+                            self.reload();
+                            reloaded = true;
+                        }
                         Signal::Dump => self.dump(),
                         Signal::Stop => return self.stop(),
                     }
@@ -277,8 +565,18 @@ impl Server {
             }
             let mut ready: Vec<usize> = std::mem::take(&mut self.backlog);
             for ev in events.iter() {
-                if ev.token() != SIGNAL_TOKEN && !ready.contains(&ev.token().0) {
-                    ready.push(ev.token().0);
+                let t = ev.token();
+                if t == SIGNAL_TOKEN {
+                    continue;
+                }
+                if t == METRICS_TOKEN {
+                    self.accept_scrapes();
+                } else if t.0 >= SCRAPE_BASE {
+                    self.serve_scrape(t.0 - SCRAPE_BASE);
+                } else if !reloaded && !ready.contains(&t.0) {
+                    // After a reload the tokens of this batch may name
+                    // other listeners: the swap queued every one instead.
+                    ready.push(t.0);
                 }
             }
             for l in ready {
@@ -299,12 +597,13 @@ impl Server {
             .iter()
             .filter_map(|s| s.paused_until)
             .chain(self.listeners.iter().filter_map(|l| l.wait.rearm_at))
+            .chain(self.scrapes.iter().flatten().map(|s| s.deadline))
             .chain(self.emfile_until)
             .min()
     }
 
-    /// Ends rate pauses, the `EMFILE` back-off and re-arm delays whose
-    /// time has come.
+    /// Ends rate pauses, the `EMFILE` back-off, re-arm delays and slow
+    /// scrapes whose time has come.
     fn expire(&mut self, now: Instant) {
         if self.emfile_until.is_some_and(|t| t <= now) {
             self.emfile_until = None;
@@ -316,7 +615,11 @@ impl Server {
         for i in 0..self.services.len() {
             if self.services[i].paused_until.is_some_and(|t| t <= now) {
                 self.services[i].paused_until = None;
-                info!("resume service={}", self.services[i].svc.label());
+                emit(
+                    Level::Info,
+                    "resume",
+                    &[("service", V::S(&self.services[i].label))],
+                );
                 self.sync(i);
             }
         }
@@ -324,6 +627,11 @@ impl Server {
             if self.listeners[li].wait.rearm_at.is_some_and(|t| t <= now) {
                 self.listeners[li].wait.rearm_at = None;
                 self.sync(self.listeners[li].service);
+            }
+        }
+        for i in 0..self.scrapes.len() {
+            if self.scrapes[i].as_ref().is_some_and(|s| s.deadline <= now) {
+                self.close_scrape(i);
             }
         }
     }
@@ -355,7 +663,10 @@ impl Server {
     /// A listener that becomes watched is served at once (on the next turn)
     /// rather than waiting for a fresh edge.
     fn sync(&mut self, s: usize) {
-        for li in self.services[s].listeners.clone() {
+        let Some(rt) = self.services.get(s) else {
+            return;
+        };
+        for li in rt.listeners.clone() {
             let want = self.wanted(li);
             let l = &mut self.listeners[li];
             if l.registered == want {
@@ -378,7 +689,7 @@ impl Server {
                 }
                 Err(e) => error!(
                     "{}: {} {}: {e}",
-                    self.services[s].svc.label(),
+                    self.services[s].label,
                     if want { "register" } else { "deregister" },
                     l.local
                 ),
@@ -413,7 +724,7 @@ impl Server {
                         self.emfile_warned = true;
                         warn!(
                             "{}: accept: {} (pausing accepts for {} ms)",
-                            self.services[s].svc.label(),
+                            self.services[s].label,
                             e.desc(),
                             EMFILE_BACKOFF.as_millis()
                         );
@@ -425,7 +736,7 @@ impl Server {
                     return;
                 }
                 Err(e) => {
-                    warn!("{}: accept: {}", self.services[s].svc.label(), e.desc());
+                    warn!("{}: accept: {}", self.services[s].label, e.desc());
                     return;
                 }
             }
@@ -476,7 +787,7 @@ impl Server {
         let Some((peer, source, shown)) = self.peer_of(li, &conn) else {
             debug!(
                 "{}: connection gone before it could be served",
-                self.services[s].svc.label()
+                self.services[s].label
             );
             return;
         };
@@ -486,13 +797,24 @@ impl Server {
         let rt = &mut self.services[s];
         let fd = conn.as_raw_fd();
         let mut launch = Launch::new(&rt.image, fd, &[fd], &peer, self.devnull.as_raw_fd());
+        let m = self.metrics.service(&rt.label);
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
-                info!("accept service={} peer={shown} pid={pid}", rt.svc.label());
+                m.spawned += 1;
+                emit(
+                    Level::Info,
+                    "accept",
+                    &[
+                        ("service", V::S(&rt.label)),
+                        ("peer", V::S(&shown)),
+                        ("pid", V::N(pid.as_raw().into())),
+                    ],
+                );
                 self.children.insert(
                     pid,
                     Child {
                         service: s,
+                        label: rt.label.clone(),
                         source,
                         peer: shown,
                         started: now,
@@ -501,6 +823,7 @@ impl Server {
                 );
             }
             Err(e) => {
+                m.spawn_failures += 1;
                 log_spawn_error(&rt.svc, &e, &shown);
                 rt.counters.release(source);
             }
@@ -518,28 +841,64 @@ impl Server {
     /// pause. True when admitted (and counted).
     fn admit(&mut self, s: usize, source: Option<IpAddr>, shown: &str, now: Instant) -> bool {
         let rt = &mut self.services[s];
-        match rt.counters.admit(&rt.svc.limits, source, now) {
-            Decision::Admit => true,
+        let decision = rt.counters.admit(&rt.svc.limits, source, now);
+        let m = self.metrics.service(&rt.label);
+        match decision {
+            Decision::Admit => {
+                m.accepted += 1;
+                true
+            }
             Decision::Refuse(reason) => {
-                info!(
-                    "refuse service={} peer={shown} reason={reason}",
-                    rt.svc.label()
+                *m.refused.entry(reason.key()).or_default() += 1;
+                emit(
+                    Level::Info,
+                    "refuse",
+                    &[
+                        ("service", V::S(&rt.label)),
+                        ("peer", V::S(shown)),
+                        ("reason", V::O(reason.to_string())),
+                    ],
                 );
                 false
             }
             Decision::Pause(reason, until) => {
-                self.pause(s, reason.to_string(), shown, until, now);
+                self.pause(s, reason.key(), reason.to_string(), shown, until, now);
                 false
             }
         }
     }
 
-    fn pause(&mut self, s: usize, reason: String, shown: &str, until: Instant, now: Instant) {
+    fn pause(
+        &mut self,
+        s: usize,
+        key: &'static str,
+        reason: String,
+        shown: &str,
+        until: Instant,
+        now: Instant,
+    ) {
         let rt = &mut self.services[s];
-        warn!(
-            "pause service={} peer={shown} reason={reason} for={}s",
-            rt.svc.label(),
-            until.saturating_duration_since(now).as_secs()
+        *self
+            .metrics
+            .service(&rt.label)
+            .refused
+            .entry(key)
+            .or_default() += 1;
+        emit(
+            Level::Warn,
+            "pause",
+            &[
+                ("service", V::S(&rt.label)),
+                ("peer", V::S(shown)),
+                (
+                    "for",
+                    V::O(format!(
+                        "{}s",
+                        until.saturating_duration_since(now).as_secs()
+                    )),
+                ),
+                ("reason", V::O(reason)),
+            ],
         );
         rt.paused_until = Some(until);
         self.sync(s);
@@ -578,9 +937,19 @@ impl Server {
             &Peer::Listener,
             self.devnull.as_raw_fd(),
         );
+        let m = self.metrics.service(&rt.label);
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
-                info!("wake service={} addr={} pid={pid}", rt.svc.label(), l.local);
+                m.spawned += 1;
+                emit(
+                    Level::Info,
+                    "wake",
+                    &[
+                        ("service", V::S(&rt.label)),
+                        ("addr", V::O(l.local.to_string())),
+                        ("pid", V::N(pid.as_raw().into())),
+                    ],
+                );
                 let allows_more = l.sock_type == SockType::Dgram
                     && rt.svc.limits.max_instances.is_some_and(|m| m > 1);
                 for &g in &group {
@@ -594,6 +963,7 @@ impl Server {
                     pid,
                     Child {
                         service: s,
+                        label: rt.label.clone(),
                         source: None,
                         peer: "-".into(),
                         started: now,
@@ -606,6 +976,7 @@ impl Server {
                 );
             }
             Err(e) => {
+                m.spawn_failures += 1;
                 log_spawn_error(&rt.svc, &e, "-");
                 rt.counters.release(None);
             }
@@ -621,42 +992,80 @@ impl Server {
                 debug!("reaped orphan pid={} {}", exit.pid, exit.outcome);
                 continue;
             };
+            let mut fields = vec![
+                ("service", V::S(&child.label)),
+                ("pid", V::N(exit.pid.as_raw().into())),
+            ];
+            match exit.outcome {
+                Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
+                Outcome::Signaled(sig, _) => fields.push(("signal", V::O(signal_name(sig)))),
+            }
+            fields.push(("duration", V::O(format!("{}ms", exit.duration.as_millis()))));
+            emit(Level::Info, "exit", &fields);
+            let m = self.metrics.service(&child.label);
+            match exit.outcome {
+                Outcome::Exited(0) => m.exits_success += 1,
+                Outcome::Exited(_) => m.exits_failure += 1,
+                Outcome::Signaled(..) => m.exits_signal += 1,
+            }
+            m.observe(exit.duration);
             let s = child.service;
-            let Some(rt) = self.services.get_mut(s) else {
-                continue;
-            };
-            info!(
-                "exit service={} pid={} {} duration={}ms",
-                rt.svc.label(),
-                exit.pid,
-                exit.outcome,
-                exit.duration.as_millis()
-            );
-            rt.counters.release(child.source);
+            if let Some(rt) = self.services.get_mut(s) {
+                rt.counters.release(child.source);
+            }
             if let Some(hold) = &child.wait {
-                self.wait_exited(hold, &exit, now);
+                // A handler that daemonized leaves processes in its session
+                // holding the socket: keep it handed over until they exit.
+                if session_alive(exit.pid.as_raw()) {
+                    debug!(
+                        "pid={} exited; its session still runs, the socket stays handed over",
+                        exit.pid
+                    );
+                    self.held.push(Held {
+                        session: exit.pid.as_raw(),
+                        hold: hold.clone(),
+                    });
+                } else {
+                    self.wait_exited(hold, Some(&exit), now);
+                }
             }
             self.sync(s);
         }
+        // Sessions left behind by daemonizing wait handlers.
+        let mut i = 0;
+        while i < self.held.len() {
+            if session_alive(self.held[i].session) {
+                i += 1;
+                continue;
+            }
+            let h = self.held.remove(i);
+            self.wait_exited(&h.hold, None, now);
+            if let Some(&l) = h.hold.listeners.first() {
+                if let Some(s) = self.listeners.get(l).map(|l| l.service) {
+                    self.sync(s);
+                }
+            }
+        }
     }
 
-    /// The spin guard. A wait handler that exits at once leaving its socket
-    /// readable and its queue no shorter (or, where the kernel does not
-    /// tell the queue, exiting with a failure) made no progress; after
-    /// [`SPIN_LIMIT`] in a row the service pauses like a looping one.
-    fn wait_exited(&mut self, hold: &WaitHold, exit: &Exit, now: Instant) {
+    /// Frees a wait handler's listeners, and applies the spin guard: a
+    /// handler that exited at once leaving its socket readable and its
+    /// queue no shorter (or, where the kernel does not tell the queue,
+    /// exiting with a failure) made no progress; after [`SPIN_LIMIT`] in a
+    /// row the service pauses like a looping one.
+    fn wait_exited(&mut self, hold: &WaitHold, exit: Option<&Exit>, now: Instant) {
         for &g in &hold.listeners {
             if let Some(l) = self.listeners.get_mut(g) {
                 l.wait.running = l.wait.running.saturating_sub(1);
             }
         }
-        let before = hold.queued;
+        let Some(exit) = exit else { return };
         let Some(l) = self.listeners.get_mut(hold.woke) else {
-            return; // stopping: the listeners are closed
+            return; // stopping, or removed by a reload
         };
         let fd = l.fd.as_raw_fd();
         let after = listen::queued(fd, l.sock_type, l.inet());
-        let no_progress = match (before, after) {
+        let no_progress = match (hold.queued, after) {
             (Some(b), Some(a)) => a >= b,
             _ => exit.outcome != Outcome::Exited(0),
         };
@@ -679,7 +1088,7 @@ impl Server {
                 SPIN_LIFETIME.as_secs(),
                 exit.outcome
             );
-            self.pause(s, reason, "-", now + pause, now);
+            self.pause(s, "spin", reason, "-", now + pause, now);
         }
     }
 
@@ -697,41 +1106,195 @@ impl Server {
                 .iter()
                 .any(|&l| self.listeners[l].wait.running > 0);
             let state = match rt.paused_until {
-                Some(t) => format!("paused for {}s", t.saturating_duration_since(now).as_secs()),
+                Some(t) => format!("paused-for-{}s", t.saturating_duration_since(now).as_secs()),
                 None if rt.counters.at_capacity(&rt.svc.limits) => "full".to_string(),
                 None if busy => "busy(wait)".to_string(),
                 None => "listening".to_string(),
             };
-            info!(
-                "state service={} addrs={} state={state} running={} sources={}",
-                rt.svc.label(),
-                addrs.join(","),
-                rt.counters.running(),
-                rt.counters.sources_tracked()
+            let m = self.metrics.services.get(&rt.label);
+            emit(
+                Level::Info,
+                "state",
+                &[
+                    ("service", V::S(&rt.label)),
+                    ("addrs", V::O(addrs.join(","))),
+                    ("mode", V::S(mode_name(rt.svc.mode))),
+                    ("state", V::O(state)),
+                    ("running", V::N(rt.counters.running().into())),
+                    ("accepted", V::N(m.map_or(0, |m| m.accepted) as i64)),
+                    ("sources", V::N(rt.counters.sources_tracked() as i64)),
+                ],
             );
         }
         for (pid, c) in self.children.iter() {
-            info!(
-                "state child pid={pid} service={} peer={} age={}ms",
-                self.services
-                    .get(c.service)
-                    .map_or("?".into(), |s| s.svc.label()),
-                c.peer,
-                now.duration_since(c.started).as_millis()
+            emit(
+                Level::Info,
+                "state",
+                &[
+                    ("child", V::N(pid.as_raw().into())),
+                    ("service", V::S(&c.label)),
+                    ("peer", V::S(&c.peer)),
+                    (
+                        "age",
+                        V::O(format!("{}ms", now.duration_since(c.started).as_millis())),
+                    ),
+                ],
             );
         }
     }
 
+    /// The metrics socket is readable: take the scrapes.
+    fn accept_scrapes(&mut self) {
+        loop {
+            let Some(l) = &self.metrics_listener else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, _)) => {
+                    let slot = match self.scrapes.iter().position(Option::is_none) {
+                        Some(i) => i,
+                        None if self.scrapes.len() < MAX_SCRAPES => {
+                            self.scrapes.push(None);
+                            self.scrapes.len() - 1
+                        }
+                        None => continue, // too many at once: closed
+                    };
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let raw = stream.as_raw_fd();
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut SourceFd(&raw),
+                            Token(SCRAPE_BASE + slot),
+                            Interest::READABLE,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.scrapes[slot] = Some(Scrape {
+                        stream,
+                        request: Vec::new(),
+                        reply: None,
+                        deadline: Instant::now() + SCRAPE_TIMEOUT,
+                    });
+                    self.serve_scrape(slot);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("metrics: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a scrape's request, then writes the answer, without blocking.
+    fn serve_scrape(&mut self, slot: usize) {
+        let Some(Some(sc)) = self.scrapes.get_mut(slot) else {
+            return;
+        };
+        if sc.reply.is_none() {
+            let mut buf = [0u8; 2048];
+            loop {
+                match sc.stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        sc.request.extend_from_slice(&buf[..n]);
+                        if sc.request.len() >= metrics::MAX_REQUEST {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        self.close_scrape(slot);
+                        return;
+                    }
+                }
+            }
+            let done = sc.request.windows(4).any(|w| w == b"\r\n\r\n")
+                || sc.request.windows(2).any(|w| w == b"\n\n")
+                || sc.request.len() >= metrics::MAX_REQUEST;
+            if !done {
+                return;
+            }
+            let body = self.render_metrics();
+            let Some(Some(sc)) = self.scrapes.get_mut(slot) else {
+                return;
+            };
+            sc.reply = Some((metrics::http_response(&sc.request, &body), 0));
+        }
+        let Some(Some(sc)) = self.scrapes.get_mut(slot) else {
+            return;
+        };
+        let (out, off) = sc.reply.as_mut().expect("set above");
+        while *off < out.len() {
+            match sc.stream.write(&out[*off..]) {
+                Ok(n) => *off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let raw = sc.stream.as_raw_fd();
+                    let _ = self.poll.registry().reregister(
+                        &mut SourceFd(&raw),
+                        Token(SCRAPE_BASE + slot),
+                        Interest::WRITABLE,
+                    );
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.close_scrape(slot);
+    }
+
+    fn close_scrape(&mut self, slot: usize) {
+        if let Some(sc) = self.scrapes.get_mut(slot).and_then(Option::take) {
+            let raw = sc.stream.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        let mut gauges = BTreeMap::new();
+        for rt in &self.services {
+            gauges.insert(
+                rt.label.clone(),
+                Gauges {
+                    running: rt.counters.running().into(),
+                    paused: rt.paused_until.is_some(),
+                },
+            );
+        }
+        let (fds, rss) = metrics::self_usage();
+        self.metrics.render(&gauges, fds, rss)
+    }
+
     /// SIGTERM/SIGINT: close every listener (removing unix socket files),
-    /// optionally stop handlers, exit 0.
+    /// then leave or stop the handlers, exit 0.
     fn stop(mut self) -> u8 {
-        info!("stop: closing {} listeners", self.listeners.len());
+        if let Some(n) = &self.notify {
+            n.send("STOPPING=1");
+        }
+        emit(
+            Level::Info,
+            "stop",
+            &[
+                ("listeners", V::N(self.listeners.len() as i64)),
+                ("handlers", V::N(self.children.len() as i64)),
+            ],
+        );
         for rt in &mut self.services {
             rt.listeners.clear();
         }
         self.backlog.clear();
         self.listeners.clear(); // closes every listening socket
-        if !self.opts.stop_children || self.children.is_empty() {
+        self.metrics_listener = None;
+        if self.opts.on_stop == OnStop::Leave || self.children.is_empty() {
             if !self.children.is_empty() {
                 info!("stop: leaving {} handlers running", self.children.len());
             }
@@ -741,11 +1304,18 @@ impl Server {
         // KillMode=, TimeoutStopSec=); the longest timeout bounds the wait.
         let mut timeout = Duration::ZERO;
         let mut signalled = 0;
+        let stoppable = |c: &Child, services: &[ServiceRt]| {
+            services
+                .get(c.service)
+                .map_or(Some(true), |s| s.svc.stop.group)
+                .is_some()
+        };
         for (pid, c) in self.children.iter() {
-            let Some(rt) = self.services.get(c.service) else {
-                continue;
-            };
-            let spec = rt.svc.stop;
+            let spec = self
+                .services
+                .get(c.service)
+                .map(|s| s.svc.stop)
+                .unwrap_or_default();
             let Ok(sig) = NixSignal::try_from(spec.signal) else {
                 continue;
             };
@@ -764,28 +1334,34 @@ impl Server {
         );
         let deadline = Instant::now() + timeout;
         let mut events = Events::with_capacity(16);
-        while self.children.iter().any(|(_, c)| {
-            self.services
-                .get(c.service)
-                .is_some_and(|s| s.svc.stop.group.is_some())
-        }) {
+        while self
+            .children
+            .iter()
+            .any(|(_, c)| stoppable(c, &self.services))
+        {
             let now = Instant::now();
             if now >= deadline {
                 let left: Vec<nix::unistd::Pid> = self
                     .children
                     .iter()
-                    .filter(|(_, c)| {
-                        self.services
-                            .get(c.service)
-                            .is_some_and(|s| s.svc.stop.group.is_some())
-                    })
+                    .filter(|(_, c)| stoppable(c, &self.services))
                     .map(|(p, _)| p)
                     .collect();
                 for pid in left {
-                    warn!("stop: pid={pid} still running, sending SIGKILL");
+                    warn!(
+                        "stop: pid={pid} still running after {}s, sending SIGKILL",
+                        timeout.as_secs()
+                    );
                     let _ = killpg(pid, NixSignal::SIGKILL);
                     let _ = nix::sys::signal::kill(pid, NixSignal::SIGKILL);
-                    let _ = nix::sys::wait::waitpid(pid, None);
+                }
+                while self
+                    .children
+                    .iter()
+                    .any(|(_, c)| stoppable(c, &self.services))
+                {
+                    let _ = nix::sys::wait::waitpid(None::<nix::unistd::Pid>, None);
+                    self.reap();
                 }
                 break;
             }
@@ -795,6 +1371,46 @@ impl Server {
         }
         0
     }
+}
+
+/// Whether any process other than zombies belongs to session `sid`.
+fn session_alive(sid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // state ppid pgrp session ...
+        if f.len() > 3 && f[3].parse() == Ok(sid) && f[0] != "Z" && f[0] != "X" {
+            return true;
+        }
+    }
+    false
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
+}
+
+fn set_nonblocking(fd: RawFd, on: bool) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map(drop)
 }
 
 /// `svc/proto: exec /path: No such file or directory (peer=...)`.

@@ -25,6 +25,7 @@ const RESERVED: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
     "REMOTE_ADDR",
     "REMOTE_PORT",
     "REMOTE_HOST",

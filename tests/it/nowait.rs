@@ -37,7 +37,7 @@ fn hello_over_ipv4_and_ipv6() {
             &[
                 "exit service=",
                 &format!("pid={pid} "),
-                "exit=0",
+                "status=0",
                 "duration="
             ],
             DEADLINE

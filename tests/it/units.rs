@@ -55,7 +55,7 @@ fn seed_units_as_published() {
         );
         assert!(eventually(DEADLINE, || d
             .log
-            .count(&["exit service=my_app/tcp", "exit=0"])
+            .count(&["exit service=my_app/tcp", "status=0"])
             == round + 1));
     }
     assert!(

@@ -120,7 +120,7 @@ s.sendto(b"one datagram", sys.argv[1])
         .is_ok_and(|b| b == b"one datagram")));
     assert!(d
         .log
-        .wait_for(&["exit service=", "exit=0"], DEADLINE)
+        .wait_for(&["exit service=", "status=0"], DEADLINE)
         .is_some());
     // Re-armed: a second datagram wakes a second instance.
     std::fs::remove_file(&got).unwrap();

@@ -32,7 +32,7 @@ fn seed_runs_as_the_article_says(d: &Doorman) {
     // It serves one connection and exits; doorman watches the socket again.
     assert!(
         d.log
-            .wait_for(&[&format!("pid={pid} exit=0")], DEADLINE)
+            .wait_for(&[&format!("pid={pid} status=0")], DEADLINE)
             .is_some(),
         "{}",
         d.log.text()
@@ -170,7 +170,7 @@ fn tftpd_over_udp_wait() {
     assert!(fetch("first.bin") == data, "first fetch differs");
     assert!(
         d.log
-            .wait_for(&["exit service=", "exit=0"], DEADLINE)
+            .wait_for(&["exit service=", "status=0"], DEADLINE)
             .is_some(),
         "{}",
         d.log.text()
