@@ -79,9 +79,49 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
             socket::setsockopt(&fd, sockopt::RcvBuf, &(n as usize)),
         )?;
     }
+    if e.opts.reuseport {
+        opt(
+            "SO_REUSEPORT",
+            socket::setsockopt(&fd, sockopt::ReusePort, &true),
+        )?;
+    }
     let mut unlink = None;
     match &e.addr {
         Address::Inet(addr) => {
+            // Inherited by accepted connections on Linux.
+            if e.opts.keepalive {
+                opt(
+                    "SO_KEEPALIVE",
+                    socket::setsockopt(&fd, sockopt::KeepAlive, &true),
+                )?;
+            }
+            if e.opts.nodelay && e.sock_type == SockType::Stream {
+                opt(
+                    "TCP_NODELAY",
+                    socket::setsockopt(&fd, sockopt::TcpNoDelay, &true),
+                )?;
+            }
+            if e.opts.freebind {
+                let (level, name) = if family == AddressFamily::Inet6 {
+                    (libc::SOL_IPV6, libc::IPV6_FREEBIND)
+                } else {
+                    (libc::SOL_IP, libc::IP_FREEBIND)
+                };
+                let one: libc::c_int = 1;
+                // SAFETY: setsockopt with a pointer to an int we own and its size.
+                let r = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        level,
+                        name,
+                        (&one as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if r != 0 {
+                    return Err(("setsockopt FREEBIND".into(), Errno::last()));
+                }
+            }
             opt(
                 "SO_REUSEADDR",
                 socket::setsockopt(&fd, sockopt::ReuseAddr, &true),

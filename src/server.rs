@@ -1355,12 +1355,18 @@ impl Server {
                     let _ = killpg(pid, NixSignal::SIGKILL);
                     let _ = nix::sys::signal::kill(pid, NixSignal::SIGKILL);
                 }
+                // SIGKILL cannot be ignored: wait (boundedly) for the reaps.
+                let hard = Instant::now() + Duration::from_secs(5);
                 while self
                     .children
                     .iter()
                     .any(|(_, c)| stoppable(c, &self.services))
+                    && Instant::now() < hard
                 {
-                    let _ = nix::sys::wait::waitpid(None::<nix::unistd::Pid>, None);
+                    let _ = self
+                        .poll
+                        .poll(&mut events, Some(Duration::from_millis(100)));
+                    let _ = self.trap.drain();
                     self.reap();
                 }
                 break;

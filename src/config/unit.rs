@@ -79,6 +79,10 @@ fn parse_ini(path: &Path, text: &str, errors: &mut Vec<ConfigError>) -> Vec<Assi
                 Some((_, next)) => {
                     let next = next.trim();
                     if next.starts_with('#') || next.starts_with(';') {
+                        // A comment inside a continuation is skipped and the
+                        // continuation goes on (systemd.syntax(7)).
+                        line.pop();
+                        line.push('\\');
                         continue;
                     }
                     line.push_str(next);
@@ -197,6 +201,10 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
         unit_name,
         service_file,
     };
+    if !accept {
+        // systemd names Accept=no sockets after the socket unit.
+        b.raw.fd_name = Some(file_name.to_string());
+    }
     b.socket(&socket);
     b.service(&service);
     out.errors.extend(b.errors);
@@ -236,22 +244,16 @@ const HARMLESS: &[(&str, &str)] = &[
     ("Socket", "Mark"),
     ("Socket", "IPTOS"),
     ("Socket", "IPTTL"),
-    ("Socket", "Symlinks"),
     ("Socket", "DeferAcceptSec"),
     ("Socket", "KeepAliveTimeSec"),
     ("Socket", "KeepAliveIntervalSec"),
     ("Socket", "KeepAliveProbes"),
     ("Socket", "PipeSize"),
-    ("Socket", "SocketProtocol"),
     ("Service", "Restart"),
     ("Service", "RestartSec"),
     ("Service", "RemainAfterExit"),
     ("Service", "TimeoutStartSec"),
     ("Service", "SyslogIdentifier"),
-    ("Service", "PrivateTmp"),
-    ("Service", "ProtectSystem"),
-    ("Service", "ProtectHome"),
-    ("Service", "NoNewPrivileges"),
 ];
 
 /// Directives doorman knows and cannot honour: an error, never ignored.
@@ -278,6 +280,12 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("Service", "RootDirectory"),
     ("Service", "RuntimeMaxSec"),
     ("Service", "Sockets"),
+    ("Service", "PrivateTmp"),
+    ("Service", "ProtectSystem"),
+    ("Service", "ProtectHome"),
+    ("Service", "NoNewPrivileges"),
+    ("Socket", "Symlinks"),
+    ("Socket", "SocketProtocol"),
 ];
 
 impl Builder {
@@ -580,8 +588,14 @@ impl Builder {
                         }
                     }
                     "WorkingDirectory" => {
-                        let d = v.strip_prefix('-').unwrap_or(v);
-                        self.raw.exec.cwd = (!d.is_empty() && d != "~").then(|| PathBuf::from(d));
+                        let (optional, d) = match v.strip_prefix('-') {
+                            Some(d) => (true, d),
+                            None => (false, v),
+                        };
+                        // "-": a missing directory is not an error (the
+                        // handler then runs where doorman does).
+                        self.raw.exec.cwd = (!d.is_empty() && d != "~" && (!optional || Path::new(d).is_dir()))
+                            .then(|| PathBuf::from(d));
                         if d == "~" {
                             return Err("~ (the user's home) is not supported; give the path".into());
                         }
@@ -618,7 +632,7 @@ impl Builder {
                     k => {
                         let res = rlimit_resource(k).expect("listed in KNOWN");
                         self.raw.exec.rlimits.retain(|r| r.resource != res);
-                        let (soft, hard) = parse_rlimit(v, k == "LimitCPU" || k == "LimitRTTIME")?;
+                        let (soft, hard) = parse_rlimit(v, k)?;
                         self.raw.exec.rlimits.push(Rlimit { resource: res, soft, hard });
                     }
                 }
@@ -717,9 +731,14 @@ impl Builder {
     fn exec_start(&mut self, a: &Assignment) -> Result<(), String> {
         let mut v = a.value.as_str();
         let mut at = false;
+        let mut no_expand = false;
         while let Some(c) = v.chars().next() {
             match c {
-                '-' | ':' => v = &v[1..],
+                '-' => v = &v[1..],
+                ':' => {
+                    no_expand = true;
+                    v = &v[1..];
+                }
                 '@' => {
                     at = true;
                     v = &v[1..];
@@ -755,7 +774,7 @@ impl Builder {
         self.raw.argv = argv;
         // `${VAR}`/`$VAR` are expanded by resolve, once EnvironmentFile=
         // has been read.
-        self.raw.expand_env = true;
+        self.raw.expand_env = !no_expand;
         Ok(())
     }
 
@@ -810,10 +829,12 @@ fn parse_listen_address(v: &str, ty: SockType) -> Result<RawBind, String> {
             mode: None,
         });
     }
+    if ty == SockType::SeqPacket {
+        return Err("seqpacket sockets are served over unix paths only".into());
+    }
     if v.starts_with("vsock:") {
         return Err("AF_VSOCK sockets are not supported".into());
     }
-    let _ = ty;
     if v.bytes().all(|b| b.is_ascii_digit()) {
         // systemd: a bare port listens on all addresses, IPv6 and IPv4 on
         // one socket (falling back to IPv4 where the host has no IPv6).
@@ -1023,17 +1044,20 @@ fn rlimit_resource(key: &str) -> Option<i32> {
     } as i32)
 }
 
-/// `Limit*=`: `value` or `soft:hard`, `infinity`; sizes with suffixes,
-/// CPU time as a time span in seconds.
-fn parse_rlimit(v: &str, time: bool) -> Result<(u64, u64), String> {
+/// `Limit*=`: `value` or `soft:hard`, `infinity`; sizes with suffixes;
+/// `LimitCPU=` a time span in seconds, `LimitRTTIME=` in microseconds.
+fn parse_rlimit(v: &str, key: &str) -> Result<(u64, u64), String> {
     let one = |x: &str| -> Result<u64, String> {
         if x == "infinity" {
             return Ok(libc::RLIM_INFINITY);
         }
-        if time {
-            return Ok(parse_timespan(x)?.map_or(libc::RLIM_INFINITY, |d| d.as_secs()));
+        match key {
+            "LimitCPU" => Ok(parse_timespan(x)?.map_or(libc::RLIM_INFINITY, |d| d.as_secs())),
+            "LimitRTTIME" => {
+                Ok(parse_timespan(x)?.map_or(libc::RLIM_INFINITY, |d| d.as_micros() as u64))
+            }
+            _ => parse_size(x),
         }
-        parse_size(x)
     };
     match v.split_once(':') {
         Some((s, h)) => {
@@ -1116,13 +1140,16 @@ mod tests {
 
     #[test]
     fn rlimits_and_signals() {
-        assert_eq!(parse_rlimit("1024:4096", false).unwrap(), (1024, 4096));
-        assert_eq!(parse_rlimit("8M", false).unwrap(), (8 << 20, 8 << 20));
         assert_eq!(
-            parse_rlimit("infinity", false).unwrap().0,
+            parse_rlimit("1024:4096", "LimitNOFILE").unwrap(),
+            (1024, 4096)
+        );
+        assert_eq!(parse_rlimit("8M", "LimitAS").unwrap(), (8 << 20, 8 << 20));
+        assert_eq!(
+            parse_rlimit("infinity", "LimitAS").unwrap().0,
             libc::RLIM_INFINITY
         );
-        assert!(parse_rlimit("10:5", false).is_err());
+        assert!(parse_rlimit("10:5", "LimitNOFILE").is_err());
         assert_eq!(parse_signal("SIGINT").unwrap(), libc::SIGINT);
         assert_eq!(parse_signal("HUP").unwrap(), libc::SIGHUP);
         assert_eq!(parse_signal("9").unwrap(), 9);

@@ -440,3 +440,44 @@ fn format_override() {
     let (code, _, err) = run(&["--check", "--format", "nope", "-f", f.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn socket_options_reach_the_connection() {
+    let dir = TempDir::new();
+    dir.write(
+        "opts.py",
+        "import socket\ns = socket.socket(fileno=0)\nprint(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0, s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, flush=True)\n",
+        false,
+    );
+    let p = dir.path().join("opts.py");
+    dir.write("o.socket", "[Socket]\nListenStream=127.0.0.1:0\nAccept=yes\nKeepAlive=yes\nNoDelay=yes\nReusePort=yes\n", false);
+    dir.write(
+        "o@.service",
+        &format!(
+            "[Service]\nExecStart=/usr/bin/python3 {}\nStandardInput=socket\n",
+            p.display()
+        ),
+        false,
+    );
+    dir.write(
+        "p.socket",
+        "[Socket]\nListenStream=127.0.0.1:0\nAccept=yes\n",
+        false,
+    );
+    dir.write(
+        "p@.service",
+        &format!(
+            "[Service]\nExecStart=/usr/bin/python3 {}\nStandardInput=socket\n",
+            p.display()
+        ),
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), dir.path().to_str().unwrap().into()],
+        Opts::default(),
+    );
+    assert_eq!(talk(d.addr(0), b""), "True True\n");
+    // Negative control: without the directives, neither is set.
+    assert_eq!(talk(d.addr(1), b""), "False False\n");
+}

@@ -93,6 +93,11 @@ impl Log {
             .count()
     }
 
+    /// Adds a line read from a process's stderr.
+    pub fn push_line(&self, line: String) {
+        self.push(line);
+    }
+
     fn push(&self, line: String) {
         let (lock, cv) = &*self.0;
         lock.lock().unwrap().push(line);
@@ -176,8 +181,16 @@ impl Doorman {
         let addrs = log
             .lines()
             .iter()
-            .filter(|l| l.contains(": listen service="))
-            .filter_map(|l| field(l, "addr").parse().ok())
+            .filter_map(|l| {
+                if l.contains(": listen service=") {
+                    return field(l, "addr").parse().ok();
+                }
+                // --log-format json
+                let at = l.find("\"event\":\"listen\"")?;
+                let rest = &l[at..];
+                let a = rest.find("\"addr\":\"")? + 8;
+                rest[a..].split('"').next()?.parse().ok()
+            })
             .collect();
         Doorman {
             child,

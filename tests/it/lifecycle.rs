@@ -1,0 +1,576 @@
+//! Reload, shutdown, PID 1, readiness, pidfile, JSON logs, state dump and
+//! metrics.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::*;
+
+fn sighup(d: &Doorman) {
+    d.signal(libc::SIGHUP);
+}
+
+fn reloads(d: &Doorman, result: &str) -> usize {
+    d.log.count(&["reload result=", result])
+}
+
+/// The socket inode behind each of doorman's fds.
+fn socket_inodes(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .filter(|t| t.starts_with("socket:"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn reload_adds_removes_and_changes_services() {
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "doorman.conf",
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo one\n127.0.0.2:0 stream tcp nowait root /bin/echo echo two\n",
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), conf.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    let (one, two) = (d.addr(0), d.addr(1));
+    assert_eq!(talk(one, b""), "one\n");
+    assert_eq!(talk(two, b""), "two\n");
+    let before = socket_inodes(d.pid());
+    // Changed program on the same socket, one service removed, one added.
+    std::fs::write(
+        &conf,
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo uno\n127.0.0.3:0 stream tcp nowait root /bin/echo echo tres\n",
+    )
+    .unwrap();
+    sighup(&d);
+    assert!(
+        d.log.wait_for(&["reload result=ok"], DEADLINE).is_some(),
+        "{}",
+        d.log.text()
+    );
+    assert_eq!(talk(one, b""), "uno\n");
+    assert!(
+        std::net::TcpStream::connect(two).is_err(),
+        "removed service still listens"
+    );
+    let added = d
+        .log
+        .wait_for(&["listen service=", "addr=127.0.0.3:"], DEADLINE)
+        .unwrap();
+    let tres = field(&added, "addr").parse().unwrap();
+    assert_eq!(talk(tres, b""), "tres\n");
+    // The kept socket is the same socket (same inode), not a rebind.
+    let after = socket_inodes(d.pid());
+    let kept = before.iter().filter(|s| after.contains(s)).count();
+    assert!(kept >= 1, "before {before:?} after {after:?}");
+}
+
+#[test]
+fn bad_reload_keeps_the_old_configuration() {
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "doorman.conf",
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo kept\n",
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), conf.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    let before = socket_inodes(d.pid());
+    std::fs::write(
+        &conf,
+        "127.0.0.1:0 stream tcp nowait nosuchuser /bin/echo echo new\nbroken line\n",
+    )
+    .unwrap();
+    sighup(&d);
+    assert!(
+        d.log
+            .wait_for(&["reload result=failed"], DEADLINE)
+            .is_some(),
+        "{}",
+        d.log.text()
+    );
+    let text = d.log.text();
+    assert!(
+        text.contains(&format!(
+            "reload: {}:1: user: unknown user \"nosuchuser\"",
+            conf.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "reload: {}:2: expected at least 6 fields",
+            conf.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(talk(d.addr(0), b""), "kept\n");
+    assert_eq!(socket_inodes(d.pid()), before);
+}
+
+#[test]
+fn queued_connections_survive_a_reload() {
+    let dir = TempDir::new();
+    dir.write("hold", "#!/bin/sh\necho started\nread x\n", true);
+    let conf = dir.write(
+        "doorman.conf",
+        &format!(
+            "127.0.0.1:0 stream tcp nowait/1 root {}/hold hold\n",
+            dir.path().display()
+        ),
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), conf.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    let s1 = connect(d.addr(0));
+    let mut r1 = BufReader::new(s1.try_clone().unwrap());
+    let mut l = String::new();
+    r1.read_line(&mut l).unwrap();
+    // Queued in the backlog while the first runs.
+    let s2 = connect(d.addr(0));
+    let mut r2 = BufReader::new(s2);
+    sighup(&d);
+    assert!(d.log.wait_for(&["reload result=ok"], DEADLINE).is_some());
+    (&s1).write_all(b"done\n").unwrap();
+    l.clear();
+    r2.read_line(&mut l).unwrap();
+    assert_eq!(l, "started\n");
+}
+
+#[test]
+fn reload_storm_refuses_no_connection() {
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "doorman.conf",
+        "127.0.0.1:0 stream tcp nowait.0 root /bin/echo echo ok\n",
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), conf.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    let addr = d.addr(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let client = std::thread::spawn(move || {
+        let mut served = 0;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) && served < 2000 {
+            assert_eq!(talk(addr, b""), "ok\n", "connection {served} not served");
+            served += 1;
+        }
+        served
+    });
+    for _ in 0..50 {
+        sighup(&d);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        eventually(DEADLINE, || reloads(&d, "ok") == 50),
+        "{}",
+        reloads(&d, "ok")
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served = client.join().unwrap();
+    assert!(served > 50, "only {served} connections during the storm");
+    assert_eq!(d.log.count(&["refuse"]), 0);
+}
+
+#[test]
+fn on_stop_term_kills_a_handler_that_ignores_sigterm() {
+    let dir = TempDir::new();
+    dir.write(
+        "stubborn",
+        "#!/bin/sh\ntrap '' TERM\necho started\nsleep 30\n",
+        true,
+    );
+    let conf = dir.write(
+        "doorman.conf",
+        &format!(
+            "127.0.0.1:0 stream tcp nowait root {}/stubborn stubborn\n",
+            dir.path().display()
+        ),
+        false,
+    );
+    let mut d = Doorman::start(
+        TempDir::new(),
+        &[
+            "-f".into(),
+            conf.to_str().unwrap().into(),
+            "--on-stop".into(),
+            "term".into(),
+            "--stop-timeout".into(),
+            "1".into(),
+        ],
+        Opts::default(),
+    );
+    let s = connect(d.addr(0));
+    let mut r = BufReader::new(s);
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(d.stop().code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let text = d.log.text();
+    assert!(
+        text.contains("still running after 1s, sending SIGKILL"),
+        "{text}"
+    );
+    assert!(text.contains("signal=SIGKILL"), "{text}");
+}
+
+#[test]
+fn pid1_in_a_pid_namespace_reaps_orphans_and_stops_cleanly() {
+    if !is_root() {
+        eprintln!("SKIPPED: pid1 test needs root for unshare --pid");
+        return;
+    }
+    let dir = TempDir::new();
+    // The handler leaves a grandchild behind that exits a bit later.
+    dir.write(
+        "orphan",
+        "#!/bin/sh\n(sleep 0.5; exit 3) &\necho parent-done\n",
+        true,
+    );
+    let conf = dir.write(
+        "doorman.conf",
+        &format!(
+            "127.0.0.1:0 stream tcp nowait root {}/orphan orphan\n",
+            dir.path().display()
+        ),
+        false,
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        BIN,
+        "-v",
+        "-f",
+        conf.to_str().unwrap(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .env("RUST_LOG", "debug");
+    let mut child = cmd.spawn().unwrap();
+    let log = Log::default();
+    let l2 = log.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            l2.push_line(line);
+        }
+    });
+    let ready = log
+        .wait_for(&["listen service="], DEADLINE)
+        .expect("doorman started");
+    assert!(ready.contains("doorman[1]:"), "not PID 1: {ready}");
+    let addr = field(&ready, "addr").parse().unwrap();
+    assert_eq!(talk(addr, b""), "parent-done\n");
+    // The orphan is re-parented to PID 1, doorman, and reaped.
+    assert!(
+        log.wait_for(&["reaped orphan", "status=3"], DEADLINE)
+            .is_some()
+            || log
+                .wait_for(&["reaped orphan", "exit=3"], DEADLINE)
+                .is_some(),
+        "{}",
+        log.text()
+    );
+    // doorman's pid in our namespace is unshare's child.
+    let inner = children_of(child.id() as i32);
+    assert_eq!(inner.len(), 1);
+    assert!(children_of(inner[0].0).iter().all(|(_, st)| *st != 'Z'));
+    // SIGTERM to PID 1 is handled (PID 1 has no default handlers).
+    // SAFETY: kill on the doorman we started (through unshare), by pid.
+    unsafe { libc::kill(inner[0].0, libc::SIGTERM) };
+    let st = wait_child(&mut child, DEADLINE).expect("exit");
+    assert_eq!(st.code(), Some(0), "{}", log.text());
+}
+
+#[test]
+fn notify_socket_gets_ready_reloading_and_stopping() {
+    let dir = TempDir::new();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let conf = dir.write(
+        "doorman.conf",
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo x\n",
+        false,
+    );
+    let mut d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), conf.to_str().unwrap().into()],
+        Opts {
+            env: vec![("NOTIFY_SOCKET".into(), sock_path.to_str().unwrap().into())],
+            ..Opts::default()
+        },
+    );
+    let mut buf = [0u8; 1024];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let m = recv();
+    assert!(m.starts_with("READY=1\nSTATUS=serving 1 services"), "{m}");
+    d.signal(libc::SIGHUP);
+    let m = recv();
+    assert!(m.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{m}");
+    assert!(recv().starts_with("READY=1"));
+    d.stop();
+    assert_eq!(recv(), "STOPPING=1");
+    // Handlers never see doorman's NOTIFY_SOCKET.
+    drop(sock);
+}
+
+#[test]
+fn pidfile_and_reload_command() {
+    let dir = TempDir::new();
+    let pidfile = dir.path().join("doorman.pid");
+    let conf = dir.write(
+        "doorman.conf",
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo x\n",
+        false,
+    );
+    let mut d = Doorman::start(
+        TempDir::new(),
+        &[
+            "-f".into(),
+            conf.to_str().unwrap().into(),
+            "--pidfile".into(),
+            pidfile.to_str().unwrap().into(),
+        ],
+        Opts::default(),
+    );
+    assert!(eventually(DEADLINE, || std::fs::read_to_string(&pidfile)
+        .is_ok_and(|s| s == format!("{}\n", d.pid()))));
+    let (code, _, err) = run(&["--reload", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(d.log.wait_for(&["reload result=ok"], DEADLINE).is_some());
+    assert_eq!(d.stop().code(), Some(0));
+    assert!(!pidfile.exists());
+    let (code, _, err) = run(&["--reload", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn json_log_lines_and_state_dump() {
+    let dir = TempDir::new();
+    dir.write("hold", "#!/bin/sh\necho started\nread x\n", true);
+    let conf = dir.write(
+        "doorman.conf",
+        &format!(
+            "127.0.0.1:0 stream tcp nowait root {}/hold hold\n",
+            dir.path().display()
+        ),
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &[
+            "-f".into(),
+            conf.to_str().unwrap().into(),
+            "--log-format".into(),
+            "json".into(),
+        ],
+        Opts::default(),
+    );
+    let s = connect(d.addr(0));
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    d.signal(libc::SIGUSR1);
+    assert!(
+        d.log
+            .wait_for(&["\"event\":\"state\"", "\"child\":"], DEADLINE)
+            .is_some(),
+        "{}",
+        d.log.text()
+    );
+    (&s).write_all(b"x\n").unwrap();
+    assert!(d.log.wait_for(&["\"event\":\"exit\""], DEADLINE).is_some());
+    // Every line is one JSON object; check with python's parser.
+    let lines = d
+        .log
+        .lines()
+        .into_iter()
+        .filter(|l| l != "<eof>")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let check = r#"
+import json, sys
+events = {}
+for line in sys.stdin:
+    o = json.loads(line)
+    assert "ts" in o and "level" in o, o
+    if "event" in o:
+        events.setdefault(o["event"], []).append(o)
+a = events["accept"][0]
+assert a["service"].endswith("/tcp") and isinstance(a["pid"], int) and a["peer"].startswith("127.0.0.1:"), a
+e = events["exit"][0]
+assert e["pid"] == a["pid"] and e["status"] == 0 and e["duration"].endswith("ms"), e
+assert any("child" in s for s in events["state"]), events["state"]
+print("ok")
+"#;
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", check])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\n",
+        "{}\n{lines}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_endpoint_counts_the_traffic() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let maddr = probe.local_addr().unwrap();
+    drop(probe);
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "doorman.conf",
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo ok\n127.0.0.1:0 stream tcp nowait root /bin/false false\n",
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &[
+            "-f".into(),
+            conf.to_str().unwrap().into(),
+            "--metrics".into(),
+            maddr.to_string(),
+        ],
+        Opts::default(),
+    );
+    for _ in 0..7 {
+        assert_eq!(talk(d.addr(0), b""), "ok\n");
+    }
+    for _ in 0..3 {
+        talk(d.addr(1), b"");
+    }
+    assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 10));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{maddr}/metrics"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svc = |n: &str| format!("service=\"0/tcp\"{n}");
+    let value = |prefix: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    // Both services are labelled 0/tcp (port 0): the counters add up.
+    assert_eq!(
+        value(&format!("doorman_accepted_total{{{}}}", svc(""))),
+        [10.0],
+        "{text}"
+    );
+    assert_eq!(
+        value(&format!(
+            "doorman_exits_total{{{}",
+            svc(",outcome=\"success\"}")
+        )),
+        [7.0],
+        "{text}"
+    );
+    assert_eq!(
+        value(&format!(
+            "doorman_exits_total{{{}",
+            svc(",outcome=\"failure\"}")
+        )),
+        [3.0],
+        "{text}"
+    );
+    assert_eq!(value("doorman_handler_duration_seconds_count"), [10.0]);
+    assert!(value("doorman_open_fds")[0] > 3.0);
+    // The exposition format: every sample line is NAME{LABELS} VALUE or NAME VALUE, with TYPE lines.
+    for l in text.lines() {
+        if l.starts_with('#') {
+            assert!(l.starts_with("# HELP ") || l.starts_with("# TYPE "), "{l}");
+            continue;
+        }
+        let (name, v) = l.rsplit_once(' ').unwrap();
+        assert!(v.parse::<f64>().is_ok(), "{l}");
+        let base = name.split('{').next().unwrap();
+        assert!(
+            base.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{l}"
+        );
+    }
+    // Idle again afterwards: no scrape left open.
+    assert!(d.log.count(&["error"]) == 0, "{}", d.log.text());
+}
+
+#[test]
+fn daemonizing_wait_handler_holds_its_socket() {
+    // The handler forks a grandchild that serves the connection after a
+    // moment and exits itself at once: the socket stays handed over until
+    // the grandchild is gone (doorman is its subreaper), no second wake.
+    let dir = TempDir::new();
+    dir.write(
+        "daemon.py",
+        "import os, socket, time\nif os.fork() == 0:\n    os.setsid() if False else None\n    time.sleep(0.5)\n    l = socket.socket(fileno=0)\n    c, _ = l.accept()\n    c.sendall(b'from the grandchild\\n')\n    c.close()\n    os._exit(0)\nos._exit(0)\n",
+        false,
+    );
+    let conf = dir.write(
+        "doorman.conf",
+        &format!(
+            "127.0.0.1:0 stream tcp wait root /usr/bin/python3 python3 {}/daemon.py\n",
+            dir.path().display()
+        ),
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), conf.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    assert_eq!(talk(d.addr(0), b""), "from the grandchild\n");
+    assert_eq!(d.log.count(&["wake service="]), 1, "{}", d.log.text());
+    assert_eq!(d.log.count(&["pause service="]), 0, "{}", d.log.text());
+    // Once the grandchild is gone, the next client wakes a new instance.
+    assert_eq!(talk(d.addr(0), b""), "from the grandchild\n");
+    assert!(eventually(DEADLINE, || d.log.count(&["wake service="]) == 2));
+}
