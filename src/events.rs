@@ -50,7 +50,15 @@ pub fn emit(level: log::Level, event: &str, fields: &[(&str, V<'_>)]) {
     } else {
         let mut s = String::from(event);
         for (k, v) in fields {
-            let _ = write!(s, " {k}={}", v.text());
+            match *k {
+                // Text lines say `duration=12ms`; JSON has the number.
+                "duration_ms" => {
+                    let _ = write!(s, " duration={}ms", v.text());
+                }
+                k => {
+                    let _ = write!(s, " {k}={}", v.text());
+                }
+            }
         }
         s
     };

@@ -807,6 +807,7 @@ impl Server {
                     &[
                         ("service", V::S(&rt.label)),
                         ("peer", V::S(&shown)),
+                        ("local", V::O(peer.local())),
                         ("pid", V::N(pid.as_raw().into())),
                     ],
                 );
@@ -1000,7 +1001,7 @@ impl Server {
                 Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
                 Outcome::Signaled(sig, _) => fields.push(("signal", V::O(signal_name(sig)))),
             }
-            fields.push(("duration", V::O(format!("{}ms", exit.duration.as_millis()))));
+            fields.push(("duration_ms", V::N(exit.duration.as_millis() as i64)));
             emit(Level::Info, "exit", &fields);
             let m = self.metrics.service(&child.label);
             match exit.outcome {

@@ -194,6 +194,17 @@ pub enum Peer {
 }
 
 impl Peer {
+    /// The local end as logs show it: `addr:port`, or the socket's path.
+    pub fn local(&self) -> String {
+        match self {
+            Peer::Tcp { local, .. } => {
+                SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
+            }
+            Peer::Unix { path, .. } => path.display().to_string(),
+            Peer::Listener => "-".into(),
+        }
+    }
+
     /// The connection's variables (none for a listening socket).
     fn env(&self) -> Vec<CString> {
         match self {

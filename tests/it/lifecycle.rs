@@ -426,7 +426,8 @@ for line in sys.stdin:
 a = events["accept"][0]
 assert a["service"].endswith("/tcp") and isinstance(a["pid"], int) and a["peer"].startswith("127.0.0.1:"), a
 e = events["exit"][0]
-assert e["pid"] == a["pid"] and e["status"] == 0 and e["duration"].endswith("ms"), e
+assert e["pid"] == a["pid"] and e["status"] == 0 and isinstance(e["duration_ms"], int), e
+assert a["local"].startswith("127.0.0.1:"), a
 assert any("child" in s for s in events["state"]), events["state"]
 print("ok")
 "#;
@@ -539,6 +540,23 @@ fn metrics_endpoint_counts_the_traffic() {
             "{l}"
         );
     }
+    // Counters keep their values across a reload.
+    d.signal(libc::SIGHUP);
+    assert!(d.log.wait_for(&["reload result=ok"], DEADLINE).is_some());
+    let again = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{maddr}/metrics"),
+        ])
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.contains("doorman_accepted_total{service=\"0/tcp\"} 10\n"),
+        "{again}"
+    );
     // Idle again afterwards: no scrape left open.
     assert!(d.log.count(&["error"]) == 0, "{}", d.log.text());
 }
@@ -573,4 +591,106 @@ fn daemonizing_wait_handler_holds_its_socket() {
     // Once the grandchild is gone, the next client wakes a new instance.
     assert_eq!(talk(d.addr(0), b""), "from the grandchild\n");
     assert!(eventually(DEADLINE, || d.log.count(&["wake service="]) == 2));
+}
+
+#[test]
+fn busy_wait_socket_stays_handed_over_across_a_reload() {
+    let dir = TempDir::new();
+    dir.write(
+        "slow.py",
+        "import socket, time\nl = socket.socket(fileno=0)\nc, _ = l.accept()\ntime.sleep(1)\nc.sendall(b'slow\\n')\n",
+        false,
+    );
+    let conf = dir.write(
+        "doorman.conf",
+        &format!(
+            "127.0.0.1:0 stream tcp wait root /usr/bin/python3 python3 {}/slow.py\n",
+            dir.path().display()
+        ),
+        false,
+    );
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), conf.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    let addr = d.addr(0);
+    let first = std::thread::spawn(move || talk(addr, b""));
+    assert!(d.log.wait_for(&["wake service="], DEADLINE).is_some());
+    // A second client queues while the handler runs; a reload must not
+    // hand the socket to a second instance meanwhile.
+    let second = std::thread::spawn(move || talk(addr, b""));
+    sighup(&d);
+    assert!(d.log.wait_for(&["reload result=ok"], DEADLINE).is_some());
+    assert_eq!(first.join().unwrap(), "slow\n");
+    assert_eq!(second.join().unwrap(), "slow\n");
+    // Exactly one instance at a time: the second woke after the first exited.
+    let lines = d.log.lines();
+    let first_exit = lines
+        .iter()
+        .position(|l| l.contains("exit service="))
+        .unwrap();
+    let second_wake = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("wake service="))
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(second_wake > first_exit, "{}", d.log.text());
+}
+
+#[test]
+fn daemon_mode_detaches_and_stops_by_pidfile() {
+    let dir = TempDir::new();
+    let pidfile = dir.path().join("d.pid");
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let conf = dir.write(
+        "doorman.conf",
+        &format!("{addr} stream tcp nowait root /bin/echo echo daemon\n"),
+        false,
+    );
+    let st = Command::new(BIN)
+        .args([
+            "--daemon",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "-f",
+            conf.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "the launching process exits at once");
+    assert!(eventually(DEADLINE, || std::fs::read_to_string(&pidfile).is_ok()));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(eventually(DEADLINE, || std::net::TcpStream::connect(addr).is_ok()));
+    assert_eq!(talk(addr, b""), "daemon\n");
+    // Detached: a session of its own (of which, double-forked, it is not
+    // the leader, so it can never take a terminal), and not our child.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // SAFETY: getsid(0) has no preconditions.
+    let our_session = unsafe { libc::getsid(0) };
+    assert_ne!(f[3], our_session.to_string());
+    assert_ne!(f[3], pid.to_string());
+    assert_ne!(f[1], std::process::id().to_string());
+    // SAFETY: signalling the daemon we started, by the pid it wrote.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(eventually(DEADLINE, || !pidfile.exists()));
+    assert!(eventually(DEADLINE, || std::fs::read_to_string(format!(
+        "/proc/{pid}/stat"
+    ))
+    .map_or(true, |s| s.contains(") Z"))));
 }
