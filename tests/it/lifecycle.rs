@@ -670,6 +670,15 @@ fn daemon_mode_detaches_and_stops_by_pidfile() {
         .trim()
         .parse()
         .unwrap();
+    // Stopped even if an assertion below fails.
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: signalling the daemon this test started, by its pid.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _guard = KillOnDrop(pid);
     assert!(eventually(DEADLINE, || std::net::TcpStream::connect(addr).is_ok()));
     assert_eq!(talk(addr, b""), "daemon\n");
     // Detached: a session of its own (of which, double-forked, it is not
