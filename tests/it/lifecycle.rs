@@ -674,8 +674,13 @@ fn daemon_mode_detaches_and_stops_by_pidfile() {
     struct KillOnDrop(i32);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
-            // SAFETY: signalling the daemon this test started, by its pid.
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
+            // Only if that pid is still our doorman (pids are reused).
+            let ours = std::fs::read(format!("/proc/{}/cmdline", self.0))
+                .is_ok_and(|c| c.windows(8).any(|w| w == b"--daemon"));
+            if ours {
+                // SAFETY: signalling the daemon this test started, by its pid.
+                unsafe { libc::kill(self.0, libc::SIGKILL) };
+            }
         }
     }
     let _guard = KillOnDrop(pid);
