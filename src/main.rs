@@ -127,22 +127,16 @@ fn init_logging(args: &cli::Args) {
     b.format(move |buf, rec| {
         let level = rec.level().as_str().to_ascii_lowercase();
         let is_event = rec.target() == events::TARGET;
+        // RFC 3164 over /dev/log, facility daemon; the pid is the daemon's,
+        // which changed when it detached.
         if syslog {
-            // RFC 3164 over /dev/log, facility daemon; the pid is the
-            // daemon's, which changed when it detached.
             let sev = match rec.level() {
                 log::Level::Error => 3,
                 log::Level::Warn => 4,
                 log::Level::Info => 6,
                 _ => 7,
             };
-            return writeln!(
-                buf,
-                "<{}>doorman[{}]: {}",
-                24 + sev,
-                std::process::id(),
-                rec.args()
-            );
+            write!(buf, "<{}>doorman[{}]: ", 24 + sev, std::process::id())?;
         }
         if json {
             let mut line = String::from("{\"ts\":");
@@ -158,6 +152,10 @@ fn init_logging(args: &cli::Args) {
             }
             line.push('}');
             return writeln!(buf, "{line}");
+        }
+        if syslog {
+            // syslog stamps its own time.
+            return writeln!(buf, "{level}: {}", rec.args());
         }
         writeln!(
             buf,

@@ -62,7 +62,7 @@ pub enum Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Outcome::Exited(c) => write!(f, "exit={c}"),
+            Outcome::Exited(c) => write!(f, "status={c}"),
             Outcome::Signaled(s, core) => {
                 let name = nix::sys::signal::Signal::try_from(s)
                     .map(|s| s.as_str())

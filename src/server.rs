@@ -320,7 +320,8 @@ impl Server {
     /// follow the service that takes over a listener. At start-up
     /// (`fatal`) a bind failure is an error; on reload it leaves that
     /// service out and the rest goes on.
-    fn swap(&mut self, services: Vec<Service>, fatal: bool) -> Result<(), Error> {
+    fn swap(&mut self, services: Vec<Service>, fatal: bool) -> Result<usize, Error> {
+        let mut left_out = 0;
         let mut old_listeners: Vec<Option<ListenerRt>> = std::mem::take(&mut self.listeners)
             .into_iter()
             .map(Some)
@@ -361,6 +362,7 @@ impl Server {
                     }
                     Err(m) => {
                         error!("reload: {m}; service left out");
+                        left_out += 1;
                         for (j, l) in taken {
                             old_listeners[j] = Some(l);
                         }
@@ -429,9 +431,9 @@ impl Server {
             });
         }
         // Counters and pauses follow the service that took over a socket.
-        let mut old_services: Vec<Option<ServiceRt>> = old_services.into_iter().map(Some).collect();
-        for (o, n) in old_to_new_service.iter().enumerate() {
-            if let (Some(n), Some(old)) = (n, old_services[o].take()) {
+        let old_labels: Vec<String> = old_services.iter().map(|s| s.label.clone()).collect();
+        for (old, n) in old_services.into_iter().zip(&old_to_new_service) {
+            if let Some(n) = n {
                 new_services[*n].counters = old.counters;
                 new_services[*n].paused_until = old.paused_until;
             }
@@ -442,13 +444,16 @@ impl Server {
                 let raw = l.fd.as_raw_fd();
                 let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
             }
-            info!(
-                "close service={} addr={}",
-                old_services
-                    .get(l.service)
-                    .and_then(|s| s.as_ref())
-                    .map_or("-".to_string(), |s| s.label.clone()),
-                l.local
+            emit(
+                Level::Info,
+                "close",
+                &[
+                    (
+                        "service",
+                        V::S(old_labels.get(l.service).map_or("-", String::as_str)),
+                    ),
+                    ("addr", V::O(l.local.to_string())),
+                ],
             );
         }
         // Tokens are listener indices: kept sockets are registered again
@@ -486,7 +491,7 @@ impl Server {
         for i in 0..self.services.len() {
             self.sync(i);
         }
-        Ok(())
+        Ok(left_out)
     }
 
     /// SIGHUP: read the configuration again; swap only if all of it is good.
@@ -508,7 +513,7 @@ impl Server {
                     &[
                         ("result", V::S("failed")),
                         ("errors", V::N(errors.len() as i64)),
-                        ("kept", V::S("old configuration")),
+                        ("kept", V::S("old-configuration")),
                     ],
                 );
             }
@@ -516,12 +521,17 @@ impl Server {
                 for w in &loaded.warnings {
                     warn!("{w}");
                 }
-                let _ = self.swap(loaded.services, false);
+                let left_out = self.swap(loaded.services, false).unwrap_or(0);
                 emit(
-                    Level::Info,
+                    if left_out == 0 {
+                        Level::Info
+                    } else {
+                        Level::Warn
+                    },
                     "reload",
                     &[
-                        ("result", V::S("ok")),
+                        ("result", V::S(if left_out == 0 { "ok" } else { "partial" })),
+                        ("left_out", V::N(left_out as i64)),
                         ("services", V::N(self.services.len() as i64)),
                         ("listeners", V::N(self.listeners.len() as i64)),
                     ],
@@ -999,7 +1009,12 @@ impl Server {
             ];
             match exit.outcome {
                 Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
-                Outcome::Signaled(sig, _) => fields.push(("signal", V::O(signal_name(sig)))),
+                Outcome::Signaled(sig, core) => {
+                    fields.push(("signal", V::O(signal_name(sig))));
+                    if core {
+                        fields.push(("core", V::S("yes")));
+                    }
+                }
             }
             fields.push(("duration_ms", V::N(exit.duration.as_millis() as i64)));
             emit(Level::Info, "exit", &fields);

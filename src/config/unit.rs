@@ -201,6 +201,8 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
         unit_name,
         service_file,
     };
+    // systemd's default is RemoveOnStop=no: the socket file stays.
+    b.raw.sock_opts.keep_on_stop = true;
     if !accept {
         // systemd names Accept=no sockets after the socket unit.
         b.raw.fd_name = Some(file_name.to_string());
