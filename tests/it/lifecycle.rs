@@ -62,6 +62,8 @@ fn reload_adds_removes_and_changes_services() {
         std::net::TcpStream::connect(two).is_err(),
         "removed service still listens"
     );
+    let closed = format!("close service=0/tcp addr={two}");
+    assert!(d.log.text().contains(&closed), "{}", d.log.text());
     let added = d
         .log
         .wait_for(&["listen service=", "addr=127.0.0.3:"], DEADLINE)
