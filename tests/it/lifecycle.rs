@@ -31,16 +31,8 @@ fn socket_inodes(pid: i32) -> Vec<String> {
 #[test]
 fn reload_adds_removes_and_changes_services() {
     let dir = TempDir::new();
-    let conf = dir.write(
-        "doorman.conf",
-        "127.0.0.1:0 stream tcp nowait root /bin/echo echo one\n127.0.0.2:0 stream tcp nowait root /bin/echo echo two\n",
-        false,
-    );
-    let d = Doorman::start(
-        TempDir::new(),
-        &["-f".into(), conf.to_str().unwrap().into()],
-        Opts::default(),
-    );
+    let d = Doorman::with_conf(dir, "127.0.0.1:0 stream tcp nowait root /bin/echo echo one\n127.0.0.2:0 stream tcp nowait root /bin/echo echo two\n", &[]);
+    let conf = d.dir.path().join("doorman.conf");
     let (one, two) = (d.addr(0), d.addr(1));
     assert_eq!(talk(one, b""), "one\n");
     assert_eq!(talk(two, b""), "two\n");
@@ -79,16 +71,12 @@ fn reload_adds_removes_and_changes_services() {
 #[test]
 fn bad_reload_keeps_the_old_configuration() {
     let dir = TempDir::new();
-    let conf = dir.write(
-        "doorman.conf",
+    let d = Doorman::with_conf(
+        dir,
         "127.0.0.1:0 stream tcp nowait root /bin/echo echo kept\n",
-        false,
+        &[],
     );
-    let d = Doorman::start(
-        TempDir::new(),
-        &["-f".into(), conf.to_str().unwrap().into()],
-        Opts::default(),
-    );
+    let conf = d.dir.path().join("doorman.conf");
     let before = socket_inodes(d.pid());
     std::fs::write(
         &conf,
@@ -126,18 +114,10 @@ fn bad_reload_keeps_the_old_configuration() {
 fn queued_connections_survive_a_reload() {
     let dir = TempDir::new();
     dir.write("hold", "#!/bin/sh\necho started\nread x\n", true);
-    let conf = dir.write(
-        "doorman.conf",
-        &format!(
-            "127.0.0.1:0 stream tcp nowait/1 root {}/hold hold\n",
-            dir.path().display()
-        ),
-        false,
-    );
-    let d = Doorman::start(
-        TempDir::new(),
-        &["-f".into(), conf.to_str().unwrap().into()],
-        Opts::default(),
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 stream tcp nowait/1 root {dir}/hold hold\n",
+        &[],
     );
     let s1 = connect(d.addr(0));
     let mut r1 = BufReader::new(s1.try_clone().unwrap());
@@ -156,16 +136,10 @@ fn queued_connections_survive_a_reload() {
 
 #[test]
 fn reload_storm_refuses_no_connection() {
-    let dir = TempDir::new();
-    let conf = dir.write(
-        "doorman.conf",
-        "127.0.0.1:0 stream tcp nowait.0 root /bin/echo echo ok\n",
-        false,
-    );
-    let d = Doorman::start(
+    let d = Doorman::with_conf(
         TempDir::new(),
-        &["-f".into(), conf.to_str().unwrap().into()],
-        Opts::default(),
+        "127.0.0.1:0 stream tcp nowait.0 root /bin/echo echo ok\n",
+        &[],
     );
     let addr = d.addr(0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -571,21 +545,13 @@ fn daemonizing_wait_handler_holds_its_socket() {
     let dir = TempDir::new();
     dir.write(
         "daemon.py",
-        "import os, socket, time\nif os.fork() == 0:\n    os.setsid() if False else None\n    time.sleep(0.5)\n    l = socket.socket(fileno=0)\n    c, _ = l.accept()\n    c.sendall(b'from the grandchild\\n')\n    c.close()\n    os._exit(0)\nos._exit(0)\n",
+        "import os, socket, time\nif os.fork() == 0:\n    time.sleep(0.5)\n    l = socket.socket(fileno=0)\n    c, _ = l.accept()\n    c.sendall(b'from the grandchild\\n')\n    c.close()\n    os._exit(0)\nos._exit(0)\n",
         false,
     );
-    let conf = dir.write(
-        "doorman.conf",
-        &format!(
-            "127.0.0.1:0 stream tcp wait root /usr/bin/python3 python3 {}/daemon.py\n",
-            dir.path().display()
-        ),
-        false,
-    );
-    let d = Doorman::start(
-        TempDir::new(),
-        &["-f".into(), conf.to_str().unwrap().into()],
-        Opts::default(),
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 stream tcp wait root /usr/bin/python3 python3 {dir}/daemon.py\n",
+        &[],
     );
     assert_eq!(talk(d.addr(0), b""), "from the grandchild\n");
     assert_eq!(d.log.count(&["wake service="]), 1, "{}", d.log.text());
@@ -603,18 +569,10 @@ fn busy_wait_socket_stays_handed_over_across_a_reload() {
         "import socket, time\nl = socket.socket(fileno=0)\nc, _ = l.accept()\ntime.sleep(1)\nc.sendall(b'slow\\n')\n",
         false,
     );
-    let conf = dir.write(
-        "doorman.conf",
-        &format!(
-            "127.0.0.1:0 stream tcp wait root /usr/bin/python3 python3 {}/slow.py\n",
-            dir.path().display()
-        ),
-        false,
-    );
-    let d = Doorman::start(
-        TempDir::new(),
-        &["-f".into(), conf.to_str().unwrap().into()],
-        Opts::default(),
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 stream tcp wait root /usr/bin/python3 python3 {dir}/slow.py\n",
+        &[],
     );
     let addr = d.addr(0);
     let first = std::thread::spawn(move || talk(addr, b""));
