@@ -191,7 +191,16 @@ impl Args {
         } else {
             Some(self.listen_service()?)
         };
-        let mut files = self.file.clone();
+        // With --daemon, absolute, so that a reload still finds them after
+        // the daemon has changed to /; otherwise as given (for messages).
+        let mut files: Vec<PathBuf> = self
+            .file
+            .iter()
+            .map(|f| match self.daemon {
+                true => std::path::absolute(f).unwrap_or_else(|_| f.clone()),
+                false => f.clone(),
+            })
+            .collect();
         if files.is_empty() && listen.is_none() {
             files.push(PathBuf::from(DEFAULT_CONFIG));
         }

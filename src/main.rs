@@ -38,8 +38,9 @@ fn main() -> ExitCode {
         });
     }
     init_logging(&args);
-    let result = run(&args);
-    if let Some(p) = &args.pidfile {
+    let pid_path = pidfile(&args);
+    let result = run(&args, pid_path.as_deref());
+    if let Some(p) = &pid_path {
         // Only the doorman that wrote it removes it.
         if std::fs::read_to_string(p)
             .ok()
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &cli::Args) -> Result<u8, Error> {
+fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error> {
     // Signals first: a SIGTERM during start-up is then handled, and the
     // dispositions handlers must get back are read before we change any.
     ensure_std_fds();
@@ -94,15 +95,28 @@ fn run(args: &cli::Args) -> Result<u8, Error> {
     for s in &loaded.services {
         log::debug!("service {s}");
     }
-    if args.daemon {
-        daemonize()?;
+    // The daemon reports how its start went to the process that was run,
+    // which exits with that status: a bind failure is not hidden.
+    let mut status = if args.daemon {
+        Some(daemonize()?)
+    } else {
+        None
+    };
+    let started = server::Server::start(loaded, trap, plan.options).and_then(|server| {
+        if let Some(p) = pid_path {
+            write_pidfile(p)
+                .map_err(|e| Error::system(format!("--pidfile {}", p.display()), errno_of(&e)))?;
+        }
+        Ok(server)
+    });
+    if let Some(f) = &mut status {
+        let _ = match &started {
+            Ok(_) => f.write_all(b"READY\n"),
+            Err(e) => f.write_all(format!("{e}\n").as_bytes()),
+        };
     }
-    let server = server::Server::start(loaded, trap, plan.options)?;
-    if let Some(p) = &args.pidfile {
-        write_pidfile(p)
-            .map_err(|e| Error::system(format!("--pidfile {}", p.display()), errno_of(&e)))?;
-    }
-    Ok(server.run())
+    drop(status);
+    Ok(started?.run())
 }
 
 /// Log to stderr (to syslog with `--daemon`): `RUST_LOG` if set, else
@@ -205,13 +219,34 @@ impl Write for Syslog {
 /// `--daemon`: the classic double fork; the first parent exits 0, the
 /// daemon runs in a new session with / as its directory and stdio on
 /// /dev/null.
-fn daemonize() -> Result<(), Error> {
+///
+/// Returns the write end of a pipe on which the daemon says `READY` or
+/// why it could not start; the first process waits for that and exits 0
+/// or 1 accordingly (printing the reason).
+fn daemonize() -> Result<std::fs::File, Error> {
     use nix::unistd::{fork, setsid, ForkResult};
+    use std::io::Read;
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::system("pipe", e))?;
     // SAFETY: doorman is single-threaded here; the child goes on running
     // ordinary code, as a process of its own.
     match unsafe { fork() }.map_err(|e| Error::system("fork", e))? {
-        ForkResult::Parent { .. } => std::process::exit(0),
-        ForkResult::Child => {}
+        ForkResult::Parent { .. } => {
+            drop(wr);
+            let mut said = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut said);
+            if said.starts_with("READY") {
+                std::process::exit(0);
+            }
+            for line in said.lines() {
+                eprintln!("doorman: {line}");
+            }
+            if said.is_empty() {
+                eprintln!("doorman: the daemon exited before it was ready");
+            }
+            std::process::exit(i32::from(error::EXIT_CONFIG));
+        }
+        ForkResult::Child => drop(rd),
     }
     setsid().map_err(|e| Error::system("setsid", e))?;
     // SAFETY: as above.
@@ -232,7 +267,13 @@ fn daemonize() -> Result<(), Error> {
     if null > 2 {
         let _ = nix::unistd::close(null);
     }
-    Ok(())
+    Ok(std::fs::File::from(wr))
+}
+
+/// `--pidfile` as an absolute path (the daemon runs in /).
+fn pidfile(args: &cli::Args) -> Option<std::path::PathBuf> {
+    let p = args.pidfile.as_ref()?;
+    Some(std::path::absolute(p).unwrap_or_else(|_| p.clone()))
 }
 
 /// Writes the pid next to `path` and renames it into place, so that a

@@ -668,3 +668,26 @@ fn daemon_mode_detaches_and_stops_by_pidfile() {
     ))
     .map_or(true, |s| s.contains(") Z"))));
 }
+
+#[test]
+fn daemon_start_failure_is_not_hidden() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "doorman.conf",
+        &format!("{addr} stream tcp nowait root /bin/echo echo x\n"),
+        false,
+    );
+    let out = Command::new(BIN)
+        .args(["--daemon", "-f", conf.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("bind {addr}: Address already in use")),
+        "{err}"
+    );
+}
