@@ -1,0 +1,238 @@
+//! Reload: the configuration read again and swapped in by bind key.
+//!
+//! Part of the loop's state (`super::Server`): owns the swap that keeps
+//! sockets whose bind key is unchanged, binds new ones, closes the rest,
+//! and moves counters, pauses, children and held wait sockets to the
+//! service that takes a socket over. Must not: parse text (config does).
+
+use super::*;
+
+impl Server {
+    /// Installs `services`: every endpoint whose bind key an existing
+    /// listener has keeps that socket (no moment without a listener, no
+    /// queued connection lost); the others are bound; listeners no service
+    /// wants are closed. Counters, pauses, children and held wait sockets
+    /// follow the service that takes over a listener. At start-up
+    /// (`fatal`) a bind failure is an error; on reload it leaves that
+    /// service out and the rest goes on.
+    pub(super) fn swap(&mut self, services: Vec<Service>, fatal: bool) -> Result<usize, Error> {
+        let mut left_out = 0;
+        let mut old_listeners: Vec<Option<ListenerRt>> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let old_services = std::mem::take(&mut self.services);
+        let mut old_to_new_listener: Vec<Option<usize>> = vec![None; old_listeners.len()];
+        let mut old_to_new_service: Vec<Option<usize>> = vec![None; old_services.len()];
+        let mut new_listeners: Vec<ListenerRt> = Vec::new();
+        let mut new_services: Vec<ServiceRt> = Vec::new();
+        'svc: for svc in services {
+            let idx = new_services.len();
+            let label = svc.label();
+            let mut mine: Vec<usize> = Vec::new();
+            let mut taken: Vec<(usize, ListenerRt)> = Vec::new();
+            let mut fresh: Vec<listen::Bound> = Vec::new();
+            let mut fresh_keys = Vec::new();
+            for ep in &svc.endpoints {
+                let key = ep.bind_key();
+                if let Some(j) = old_listeners
+                    .iter()
+                    .position(|o| o.as_ref().is_some_and(|l| l.key == key))
+                {
+                    taken.push((j, old_listeners[j].take().expect("present")));
+                    continue;
+                }
+                match open_endpoint(&svc, ep) {
+                    Ok(Some(b)) => {
+                        fresh.push(b);
+                        fresh_keys.push((key, ep.sock_type));
+                    }
+                    Ok(None) => {}
+                    Err(m) if fatal => {
+                        // Put back what was taken so that nothing leaks.
+                        for (j, l) in taken {
+                            old_listeners[j] = Some(l);
+                        }
+                        return Err(Error::Bind(m));
+                    }
+                    Err(m) => {
+                        error!("reload: {m}; service left out");
+                        left_out += 1;
+                        for (j, l) in taken {
+                            old_listeners[j] = Some(l);
+                        }
+                        continue 'svc;
+                    }
+                }
+            }
+            let nonblocking = svc.mode == Mode::Accept;
+            for (j, mut l) in taken {
+                if l.nonblocking != nonblocking {
+                    let _ = set_nonblocking(l.fd.as_raw_fd(), nonblocking);
+                    l.nonblocking = nonblocking;
+                }
+                if l.service < old_to_new_service.len() {
+                    old_to_new_service[l.service].get_or_insert(idx);
+                }
+                l.service = idx;
+                old_to_new_listener[j] = Some(new_listeners.len());
+                mine.push(new_listeners.len());
+                new_listeners.push(l);
+            }
+            for (b, (key, sock_type)) in fresh.into_iter().zip(fresh_keys) {
+                emit(
+                    Level::Info,
+                    "listen",
+                    &[
+                        ("service", V::S(&label)),
+                        ("addr", V::O(b.local.to_string())),
+                        ("type", V::S(sock_type.as_str())),
+                        (
+                            "proto",
+                            V::S(
+                                svc.endpoints
+                                    .iter()
+                                    .find(|e| e.bind_key() == key)
+                                    .map_or("", |e| e.proto()),
+                            ),
+                        ),
+                        ("mode", V::S(mode_name(svc.mode))),
+                        ("handover", V::O(svc.handover.name())),
+                    ],
+                );
+                mine.push(new_listeners.len());
+                new_listeners.push(ListenerRt {
+                    fd: b.fd,
+                    wildcard: matches!(b.local, Address::Inet(a) if a.ip().is_unspecified()),
+                    key,
+                    local: b.local,
+                    sock_type,
+                    nonblocking,
+                    service: idx,
+                    registered: false,
+                    wait: WaitState::default(),
+                    _unlink: b.unlink,
+                });
+            }
+            mine.sort_unstable();
+            let image = Image::new(&svc, &self.base_env, &self.reset_signals);
+            new_services.push(ServiceRt {
+                svc,
+                label,
+                image,
+                counters: Counters::default(),
+                paused_until: None,
+                listeners: mine,
+            });
+        }
+        // Counters and pauses follow the service that took over a socket.
+        let old_labels: Vec<String> = old_services.iter().map(|s| s.label.clone()).collect();
+        for (old, n) in old_services.into_iter().zip(&old_to_new_service) {
+            if let Some(n) = n {
+                new_services[*n].counters = old.counters;
+                new_services[*n].paused_until = old.paused_until;
+            }
+        }
+        // Listeners nobody wants: out of the loop, then closed.
+        for l in old_listeners.into_iter().flatten() {
+            if l.registered {
+                let raw = l.fd.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+            }
+            emit(
+                Level::Info,
+                "close",
+                &[
+                    (
+                        "service",
+                        V::S(old_labels.get(l.service).map_or("-", String::as_str)),
+                    ),
+                    ("addr", V::O(l.local.to_string())),
+                ],
+            );
+        }
+        // Tokens are listener indices: kept sockets are registered again
+        // under their new index.
+        for (i, l) in new_listeners.iter().enumerate() {
+            if l.registered {
+                let raw = l.fd.as_raw_fd();
+                if let Err(e) = self.poll.registry().reregister(
+                    &mut SourceFd(&raw),
+                    Token(i),
+                    Interest::READABLE,
+                ) {
+                    error!("re-register {}: {e}", l.local);
+                }
+            }
+        }
+        self.children.remap(|c: &mut Child| {
+            c.service = old_to_new_service
+                .get(c.service)
+                .copied()
+                .flatten()
+                .unwrap_or(usize::MAX);
+            if let Some(w) = &mut c.wait {
+                w.remap(&old_to_new_listener);
+            }
+        });
+        for h in &mut self.held {
+            h.hold.remap(&old_to_new_listener);
+        }
+        self.services = new_services;
+        self.listeners = new_listeners;
+        self.backlog = (0..self.listeners.len())
+            .filter(|&i| self.listeners[i].registered)
+            .collect();
+        for i in 0..self.services.len() {
+            self.sync(i);
+        }
+        Ok(left_out)
+    }
+
+    /// SIGHUP: read the configuration again; swap only if all of it is good.
+    pub(super) fn reload(&mut self) {
+        if let Some(n) = &self.notify {
+            n.send(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                notify::monotonic_usec()
+            ));
+        }
+        match config::load(&self.opts.sources) {
+            Err(errors) => {
+                for e in &errors {
+                    error!("reload: {e}");
+                }
+                emit(
+                    Level::Warn,
+                    "reload",
+                    &[
+                        ("result", V::S("failed")),
+                        ("errors", V::N(errors.len() as i64)),
+                        ("kept", V::S("old-configuration")),
+                    ],
+                );
+            }
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    warn!("{w}");
+                }
+                let left_out = self.swap(loaded.services, false).unwrap_or(0);
+                emit(
+                    if left_out == 0 {
+                        Level::Info
+                    } else {
+                        Level::Warn
+                    },
+                    "reload",
+                    &[
+                        ("result", V::S(if left_out == 0 { "ok" } else { "partial" })),
+                        ("left_out", V::N(left_out as i64)),
+                        ("services", V::N(self.services.len() as i64)),
+                        ("listeners", V::N(self.listeners.len() as i64)),
+                    ],
+                );
+            }
+        }
+        self.notify_status("READY=1");
+    }
+}
