@@ -63,9 +63,12 @@ impl Trap {
 /// ignored (a shell's `&` ignores SIGINT and SIGQUIT, `nohup` SIGHUP).
 /// Read once at start-up, before any handler is installed.
 pub fn to_reset_in_children() -> Vec<c_int> {
-    let mut out = vec![libc::SIGPIPE];
+    // The signals doorman traps too: the child runs in doorman's memory
+    // until execve (CLONE_VM), so their handlers must be gone before the
+    // child unblocks signals.
+    let mut out = vec![libc::SIGPIPE, SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1];
     for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGPIPE {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || out.contains(&sig) {
             continue;
         }
         // SAFETY: querying (null new action) a valid signal number's
