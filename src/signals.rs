@@ -63,12 +63,9 @@ impl Trap {
 /// ignored (a shell's `&` ignores SIGINT and SIGQUIT, `nohup` SIGHUP).
 /// Read once at start-up, before any handler is installed.
 pub fn to_reset_in_children() -> Vec<c_int> {
-    // The signals doorman traps too: the child runs in doorman's memory
-    // until execve (CLONE_VM), so their handlers must be gone before the
-    // child unblocks signals.
-    let mut out = vec![libc::SIGPIPE, SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1];
+    let mut out = vec![libc::SIGPIPE];
     for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || out.contains(&sig) {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGPIPE {
             continue;
         }
         // SAFETY: querying (null new action) a valid signal number's

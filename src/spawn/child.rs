@@ -182,17 +182,18 @@ pub unsafe fn write_pid(slot: *mut u8, width: usize, pid: pid_t) {
 /// Turns the forked child into the handler. Never returns.
 ///
 /// # Safety
-/// Must be called only in a child just created by `clone(CLONE_VM |
-/// CLONE_VFORK)` (or `fork()`) from a single-threaded parent with every
-/// signal blocked, with a `plan` whose pointers all point into
+/// Must be called only in a child just created by `fork()` from a
+/// single-threaded parent, with a `plan` whose pointers all point into
 /// memory the parent prepared (valid, NUL-terminated where C expects it).
 pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     // Signals: an empty mask and default dispositions for what doorman
     // ignored (SIGPIPE, and anything ignored when doorman started). Caught
     // signals are reset by execve itself.
-    // Dispositions first, while every signal is still blocked (the parent
-    // blocked them around the clone): doorman's own handlers must never
-    // run in the child, which shares doorman's memory until execve.
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+        fail(plan.err_fd, Stage::Signals, errno());
+    }
     for &sig in &plan.reset_signals[..plan.nsignals] {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = libc::SIG_DFL;
@@ -200,11 +201,6 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
         if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
             fail(plan.err_fd, Stage::Signals, errno());
         }
-    }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-        fail(plan.err_fd, Stage::Signals, errno());
     }
 
     // A session (and process group) of its own, so that the handler is
