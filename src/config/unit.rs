@@ -198,7 +198,6 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
         ),
         errors: Vec::new(),
         warnings: Vec::new(),
-        unit_name,
         service_file,
     };
     // systemd's default is RemoveOnStop=no: the socket file stays.
@@ -231,7 +230,6 @@ struct Builder {
     raw: RawService,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
-    unit_name: String,
     service_file: String,
 }
 
@@ -813,7 +811,6 @@ impl Builder {
                 None => return Err("a lone % at the end (write %% for a percent sign)".into()),
             }
         }
-        let _ = &self.unit_name;
         Ok(out)
     }
 }

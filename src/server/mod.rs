@@ -449,10 +449,9 @@ impl Server {
     /// A listener that becomes watched is served at once (on the next turn)
     /// rather than waiting for a fresh edge.
     fn sync(&mut self, s: usize) {
-        let Some(rt) = self.services.get(s) else {
-            return;
-        };
-        for li in rt.listeners.clone() {
+        let n = self.services.get(s).map_or(0, |rt| rt.listeners.len());
+        for k in 0..n {
+            let li = self.services[s].listeners[k];
             let want = self.wanted(li);
             let l = &mut self.listeners[li];
             if l.registered == want {

@@ -481,3 +481,42 @@ fn socket_options_reach_the_connection() {
     // Negative control: without the directives, neither is set.
     assert_eq!(talk(d.addr(1), b""), "False False\n");
 }
+
+#[test]
+fn unit_stop_settings_are_used_at_shutdown() {
+    // KillSignal=SIGINT reaches the handler (its trap answers it, SIGTERM
+    // would not run it) well within TimeoutStopSec=, so no SIGKILL.
+    let dir = TempDir::new();
+    dir.write(
+        "k.socket",
+        "[Socket]\nListenStream=127.0.0.1:0\nAccept=yes\n",
+        false,
+    );
+    dir.write(
+        "k@.service",
+        "[Service]\nExecStart=/bin/sh -c 'trap \"echo got-INT >&2; exit 0\" INT; echo started; while :; do sleep 0.1; done'\n\
+         StandardInput=socket\nStandardError=journal\nKillSignal=SIGINT\nKillMode=process\nTimeoutStopSec=5\n",
+        false,
+    );
+    let unit = dir.path().join("k.socket");
+    let mut d = Doorman::start(
+        TempDir::new(),
+        &[
+            "-f".into(),
+            unit.to_str().unwrap().into(),
+            "--on-stop".into(),
+            "term".into(),
+        ],
+        Opts::default(),
+    );
+    let s = connect(d.addr(0));
+    let mut r = BufReader::new(s);
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    assert_eq!(l, "started\n");
+    assert_eq!(d.stop().code(), Some(0));
+    let text = d.log.text();
+    assert!(text.contains("got-INT"), "{text}");
+    assert!(text.contains("waiting up to 5s"), "{text}");
+    assert!(!text.contains("sending SIGKILL"), "{text}");
+}
