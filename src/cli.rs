@@ -9,6 +9,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::config::inetd::{self, RawBind, RawService, DEFAULT_RATE};
+use crate::config::options;
 use crate::config::{Format, Handover, Limits, Mode, Rate, SockType, Sources};
 use crate::error::{Error, Origin};
 use crate::server::{OnStop, Options};
@@ -59,6 +60,34 @@ pub struct Args {
     /// with --listen: at most N handlers started per minute, then pause 10 minutes (0 = no limit, the default)
     #[argh(option)]
     pub rate: Option<u32>,
+
+    /// with --listen: at most N handlers at once per client address (IPv6 clients counted by /64)
+    #[argh(option)]
+    pub max_per_source: Option<u32>,
+
+    /// with --listen: per client address, at most N connections per SECONDS with bursts of BURST (a token bucket): N/SECONDS[/BURST]
+    #[argh(option)]
+    pub source_rate: Option<String>,
+
+    /// with --listen: serve only these clients: an address, ADDR/PREFIXLEN, any, localhost, link-local or multicast (repeatable; the longest match of --allow and --deny decides)
+    #[argh(option)]
+    pub allow: Vec<String>,
+
+    /// with --listen: refuse these clients (repeatable; same forms as --allow)
+    #[argh(option)]
+    pub deny: Vec<String>,
+
+    /// with --listen: stop a handler that runs longer than SECONDS (the stop signal to its process group, SIGKILL 5 s later): SECONDS[/GRACE]
+    #[argh(option)]
+    pub timeout: Option<String>,
+
+    /// with --listen: any inetd.conf option KEY=VALUE, e.g. on-full=reset, crash=off, nofile=256 (repeatable; see doorman.conf(5))
+    #[argh(option, short = 'o')]
+    pub option: Vec<String>,
+
+    /// at most N handlers at once over all services; past it every service waits (clients stay queued)
+    #[argh(option)]
+    pub max_children: Option<u32>,
 
     /// with --listen: run the handler as this user (name or uid), with its groups
     #[argh(option, short = 'u')]
@@ -173,6 +202,12 @@ impl Args {
             ("--user", self.user.is_some()),
             ("--group", self.group.is_some()),
             ("--name", self.name.is_some()),
+            ("--max-per-source", self.max_per_source.is_some()),
+            ("--source-rate", self.source_rate.is_some()),
+            ("--allow", !self.allow.is_empty()),
+            ("--deny", !self.deny.is_empty()),
+            ("--timeout", self.timeout.is_some()),
+            ("--option", !self.option.is_empty()),
         ];
         if self.group.is_some() && self.user.is_none() {
             return Err(usage("--group needs --user"));
@@ -249,6 +284,7 @@ impl Args {
                 stop_timeout: Duration::from_secs(self.stop_timeout),
                 metrics,
                 sources: sources.clone(),
+                max_children: self.max_children.filter(|&n| n > 0),
             },
             sources,
         })
@@ -360,6 +396,23 @@ impl Args {
         svc.program = program.clone();
         svc.argv = self.command.clone();
         svc.search_path = true;
+        let flags = [("max-child-per-ip", "--max-per-source", self.max_per_source.map(|n| n.to_string()))]
+            .into_iter()
+            .chain([("source-rate", "--source-rate", self.source_rate.clone())])
+            .chain([("timeout", "--timeout", self.timeout.clone())])
+            .chain(self.allow.iter().map(|a| ("allow", "--allow", Some(a.clone()))))
+            .chain(self.deny.iter().map(|a| ("deny", "--deny", Some(a.clone()))));
+        for (key, flag, value) in flags {
+            if let Some(v) = value {
+                options::apply(&mut svc, key, &v).map_err(|m| usage(format!("{flag}: {m}")))?;
+            }
+        }
+        for o in &self.option {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| usage(format!("--option {o:?}: expected KEY=VALUE")))?;
+            options::apply(&mut svc, k, v).map_err(|m| usage(format!("--option {o}: {m}")))?;
+        }
         Ok(svc)
     }
 }

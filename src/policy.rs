@@ -1,43 +1,66 @@
-//! Pure admission decisions: instances, per-source counts, rate windows.
+//! Pure admission decisions: access lists, instances, per-source counts
+//! and token buckets, rate windows, crash loops, and the refusal log gate.
 //!
 //! Owns: the counters of one service and the rules that turn them, a
 //! connection's source and a time passed in, into a [`Decision`].
 //! Must not: do I/O or read the clock itself; the loop performs the
-//! decision and logs it.
+//! decision and logs it. Every map here is bounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use crate::config::Limits;
+use crate::config::acl::{self, Cidr};
+use crate::config::{Access, Limits};
 
-/// Per-source entries kept before idle ones are pruned.
-const SOURCE_PRUNE_AT: usize = 1024;
-/// Hard bound on per-source entries: past it, unknown sources are not
-/// tracked for the per-minute rate (their concurrent count still is).
-const SOURCE_MAX: usize = 65536;
-const MINUTE: Duration = Duration::from_secs(60);
+/// Per-source entries kept at most; past it idle entries are dropped, and
+/// if every entry has a handler running the new source is not tracked.
+pub const SOURCE_MAX: usize = 4096;
+/// Refusals are logged at most once per source per this interval.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Sources remembered by the log gate.
+const LOG_GATE_MAX: usize = 1024;
 
 /// Why a connection was refused or a service paused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// More than `max` spawns within `interval` (inetd's "looping").
     Rate { max: u32, interval: Duration },
-    /// The source made more than `max` connections within a minute.
-    SourceRate { max: u32 },
+    /// The source's token bucket is empty.
+    SourceRate { rate: u32, interval: Duration },
     /// The source already has `max` handlers running.
     SourceInstances { max: u32 },
+    /// The service has `max` handlers running and refuses rather than queues.
+    Instances { max: u32 },
+    /// The access list refuses the client.
+    Denied,
+    /// The service is paused (rate or crash loop) and refuses meanwhile.
+    Paused,
+    /// `max` handlers failed soon after starting within `window`.
+    Crash { max: u32, window: Duration },
 }
 
 impl Reason {
-    /// The short name used as a metrics label.
+    /// The short name used as a metrics label and in logs.
     pub fn key(&self) -> &'static str {
         match self {
             Reason::Rate { .. } => "rate",
             Reason::SourceRate { .. } => "per-source-rate",
             Reason::SourceInstances { .. } => "per-source-instances",
+            Reason::Instances { .. } => "instances",
+            Reason::Denied => "access",
+            Reason::Paused => "paused",
+            Reason::Crash { .. } => "crash-loop",
         }
+    }
+
+    /// Whether a per-source limit refused (its fate is `on-source`).
+    pub fn per_source(&self) -> bool {
+        matches!(
+            self,
+            Reason::SourceRate { .. } | Reason::SourceInstances { .. }
+        )
     }
 }
 
@@ -49,16 +72,25 @@ impl fmt::Display for Reason {
                 "rate: more than {max} connections in {}s (looping?)",
                 interval.as_secs_f64()
             ),
-            Reason::SourceRate { max } => write!(
+            Reason::SourceRate { rate, interval } => write!(
                 f,
-                "per-source-rate: more than {max} connections per minute from this source"
+                "per-source-rate: over {rate} connections per {}s from this source",
+                interval.as_secs_f64()
             ),
-            Reason::SourceInstances { max } => {
-                write!(
-                    f,
-                    "per-source-instances: {max} handlers already running for this source"
-                )
+            Reason::SourceInstances { max } => write!(
+                f,
+                "per-source-instances: {max} handlers already running for this source"
+            ),
+            Reason::Instances { max } => {
+                write!(f, "instances: {max} handlers already running")
             }
+            Reason::Denied => write!(f, "access: refused by the access list"),
+            Reason::Paused => write!(f, "paused: the service is paused"),
+            Reason::Crash { max, window } => write!(
+                f,
+                "crash-loop: {max} handlers failed soon after starting within {}s",
+                window.as_secs_f64()
+            ),
         }
     }
 }
@@ -66,19 +98,58 @@ impl fmt::Display for Reason {
 /// What to do with an accepted connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Spawn the handler (the admission is already counted).
-    Admit,
-    /// Close this connection; the service goes on.
+    /// Spawn the handler (the admission is already counted); the source
+    /// key to release when it exits, if the source is tracked.
+    Admit(Option<IpAddr>),
+    /// Refuse this connection; the service goes on.
     Refuse(Reason),
-    /// Close this connection and stop accepting until the instant given.
+    /// Refuse this connection and stop serving until the instant given.
     Pause(Reason, Instant),
+}
+
+/// The key a source is counted under: its address cut to the service's
+/// prefix (IPv4-mapped IPv6 counts as IPv4).
+pub fn source_key(ip: IpAddr, limits: &Limits) -> IpAddr {
+    let ip = ip.to_canonical();
+    let len = if ip.is_ipv4() {
+        limits.prefix4
+    } else {
+        limits.prefix6
+    };
+    acl::mask(ip, len)
+}
+
+/// Whether the access list lets `ip` in: the longest matching prefix of
+/// either list decides, allow winning a tie (as systemd: allow beats
+/// deny); no match is allowed only when the allow list is empty.
+pub fn allowed(access: &Access, ip: IpAddr) -> bool {
+    let best = |list: &[Cidr]| {
+        list.iter()
+            .filter(|c| c.contains(ip))
+            .map(|c| i16::from(c.len))
+            .max()
+    };
+    match (best(&access.allow), best(&access.deny)) {
+        (Some(a), Some(d)) => a >= d,
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        (None, None) => access.allow.is_empty(),
+    }
+}
+
+/// Whether a unix-socket peer with these credentials may connect.
+pub fn allowed_unix(access: &Access, uid: u32, gid: u32) -> bool {
+    (access.uids.is_empty() && access.gids.is_empty())
+        || access.uids.contains(&uid)
+        || access.gids.contains(&gid)
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Source {
     running: u32,
-    window_start: Instant,
-    window_count: u32,
+    /// Tokens left at `stamp` (only with a bucket).
+    tokens: f64,
+    stamp: Instant,
 }
 
 /// The counters of one service.
@@ -88,6 +159,9 @@ pub struct Counters {
     window: Option<(Instant, u32)>,
     poll_window: Option<(Instant, u32)>,
     sources: HashMap<IpAddr, Source>,
+    /// Start-up failures within the crash window, oldest first.
+    failures: VecDeque<Instant>,
+    gate: LogGate,
 }
 
 impl Counters {
@@ -96,29 +170,35 @@ impl Counters {
         self.running
     }
 
-    /// True when the instance limit is reached: stop accepting (clients
-    /// wait in the kernel backlog) until a handler exits.
+    /// True when the instance limit is reached.
     pub fn at_capacity(&self, limits: &Limits) -> bool {
         limits.max_instances.is_some_and(|m| self.running >= m)
     }
 
-    /// Decides about one accepted connection from `source` at `now`, and
-    /// counts it when admitted.
+    /// Decides about one accepted connection from `source` (already a
+    /// [`source_key`]) at `now`, and counts it when admitted.
     pub fn admit(&mut self, limits: &Limits, source: Option<IpAddr>, now: Instant) -> Decision {
-        if let Some(ip) = source {
-            if let Some(max) = limits.max_per_source {
-                if self.sources.get(&ip).is_some_and(|s| s.running >= max) {
-                    return Decision::Refuse(Reason::SourceInstances { max });
-                }
+        if let Some(max) = limits.max_instances {
+            if self.running >= max {
+                return Decision::Refuse(Reason::Instances { max });
             }
-            if let Some(max) = limits.per_source_per_minute {
-                if let Some(s) = self.sources.get_mut(&ip) {
-                    if now.duration_since(s.window_start) >= MINUTE {
-                        s.window_start = now;
-                        s.window_count = 0;
+        }
+        let per_source = limits.max_per_source.is_some() || limits.source_rate.is_some();
+        if let (Some(ip), true) = (source, per_source) {
+            if let Some(s) = self.sources.get_mut(&ip) {
+                if let Some(max) = limits.max_per_source {
+                    if s.running >= max {
+                        return Decision::Refuse(Reason::SourceInstances { max });
                     }
-                    if s.window_count >= max {
-                        return Decision::Refuse(Reason::SourceRate { max });
+                }
+                if let Some(b) = limits.source_rate {
+                    s.tokens = refill(s.tokens, s.stamp, now, b);
+                    s.stamp = now;
+                    if s.tokens < 1.0 {
+                        return Decision::Refuse(Reason::SourceRate {
+                            rate: b.rate,
+                            interval: b.interval,
+                        });
                     }
                 }
             }
@@ -145,32 +225,47 @@ impl Counters {
             *window = Some((start, count + 1));
         }
         self.running += 1;
-        if let Some(ip) = source {
-            if limits.max_per_source.is_some() || limits.per_source_per_minute.is_some() {
-                self.count_source(ip, now);
-            }
-        }
-        Decision::Admit
+        let tracked = match (source, per_source) {
+            (Some(ip), true) => self.count_source(ip, limits, now).then_some(ip),
+            _ => None,
+        };
+        Decision::Admit(tracked)
     }
 
-    fn count_source(&mut self, ip: IpAddr, now: Instant) {
-        if self.sources.len() >= SOURCE_PRUNE_AT && !self.sources.contains_key(&ip) {
-            self.sources
-                .retain(|_, s| s.running > 0 || now.duration_since(s.window_start) < MINUTE);
+    /// Counts one admission for `ip`; false when the table is full of
+    /// sources with handlers running (the source goes untracked).
+    fn count_source(&mut self, ip: IpAddr, limits: &Limits, now: Instant) -> bool {
+        if !self.sources.contains_key(&ip) && self.sources.len() >= SOURCE_MAX {
+            // An idle source whose bucket is full again is the same as a
+            // new one: forget those first, then any idle one.
+            self.sources.retain(|_, s| {
+                s.running > 0
+                    || limits
+                        .source_rate
+                        .is_some_and(|b| refill(s.tokens, s.stamp, now, b) < f64::from(b.burst))
+            });
             if self.sources.len() >= SOURCE_MAX {
-                return;
+                self.sources.retain(|_, s| s.running > 0);
+            }
+            if self.sources.len() >= SOURCE_MAX {
+                return false;
             }
         }
+        let burst = limits.source_rate.map_or(0.0, |b| f64::from(b.burst));
         let s = self.sources.entry(ip).or_insert(Source {
             running: 0,
-            window_start: now,
-            window_count: 0,
+            tokens: burst,
+            stamp: now,
         });
         s.running += 1;
-        s.window_count += 1;
+        if limits.source_rate.is_some() {
+            s.tokens -= 1.0;
+        }
+        true
     }
 
-    /// A handler admitted for `source` has exited (or failed to start).
+    /// A handler admitted for `source` (as [`Decision::Admit`] returned
+    /// it) has exited or failed to start.
     pub fn release(&mut self, source: Option<IpAddr>) {
         self.running = self.running.saturating_sub(1);
         if let Some(ip) = source {
@@ -180,19 +275,102 @@ impl Counters {
         }
     }
 
+    /// A handler ended after `lived`: counts it toward the crash-loop
+    /// limit when it failed soon after starting. Returns the end of the
+    /// pause when the limit is reached.
+    pub fn ended(
+        &mut self,
+        limits: &Limits,
+        failed: bool,
+        lived: Duration,
+        now: Instant,
+    ) -> Option<(Reason, Instant)> {
+        let crash = limits.crash?;
+        if !failed || lived > crash.lifetime || crash.max == 0 {
+            return None;
+        }
+        while self
+            .failures
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= crash.window)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+        if self.failures.len() >= crash.max as usize {
+            self.failures.clear();
+            return Some((
+                Reason::Crash {
+                    max: crash.max,
+                    window: crash.window,
+                },
+                now + crash.pause,
+            ));
+        }
+        None
+    }
+
+    /// Whether to log a refusal of `source` now: `Some(n)` with the number
+    /// of refusals not logged since the last line, `None` to stay quiet.
+    pub fn should_log(&mut self, source: Option<IpAddr>, now: Instant) -> Option<u64> {
+        self.gate.check(source, now)
+    }
+
     /// Number of sources tracked (bounded; for tests and the state dump).
     pub fn sources_tracked(&self) -> usize {
         self.sources.len()
     }
 }
 
+/// Tokens in a bucket that held `tokens` at `stamp`, at `now`.
+fn refill(tokens: f64, stamp: Instant, now: Instant, b: crate::config::Bucket) -> f64 {
+    let dt = now.saturating_duration_since(stamp).as_secs_f64();
+    let per_sec = f64::from(b.rate) / b.interval.as_secs_f64().max(1e-9);
+    (tokens + dt * per_sec).min(f64::from(b.burst))
+}
+
+/// Refusal logging, once per source per [`LOG_INTERVAL`], bounded.
+#[derive(Debug, Default)]
+struct LogGate {
+    seen: HashMap<IpAddr, (Instant, u64)>,
+}
+
+impl LogGate {
+    fn check(&mut self, source: Option<IpAddr>, now: Instant) -> Option<u64> {
+        let key = source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        if let Some((last, quiet)) = self.seen.get_mut(&key) {
+            if now.saturating_duration_since(*last) < LOG_INTERVAL {
+                *quiet += 1;
+                return None;
+            }
+            let n = *quiet;
+            *last = now;
+            *quiet = 0;
+            return Some(n);
+        }
+        if self.seen.len() >= LOG_GATE_MAX {
+            self.seen
+                .retain(|_, (t, _)| now.saturating_duration_since(*t) < LOG_INTERVAL);
+            if self.seen.len() >= LOG_GATE_MAX {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(key, (now, 0));
+        Some(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Rate;
+    use crate::config::{Bucket, Crash, Rate};
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
+    }
+
+    fn admitted(d: Decision) -> bool {
+        matches!(d, Decision::Admit(_))
     }
 
     #[test]
@@ -203,11 +381,15 @@ mod tests {
         };
         let mut c = Counters::default();
         let t = Instant::now();
-        assert_eq!(c.admit(&l, ip("10.0.0.1"), t), Decision::Admit);
+        assert!(admitted(c.admit(&l, ip("10.0.0.1"), t)));
         assert!(!c.at_capacity(&l));
-        assert_eq!(c.admit(&l, ip("10.0.0.1"), t), Decision::Admit);
+        assert!(admitted(c.admit(&l, ip("10.0.0.1"), t)));
         assert!(c.at_capacity(&l));
-        c.release(ip("10.0.0.1"));
+        assert_eq!(
+            c.admit(&l, ip("10.0.0.1"), t),
+            Decision::Refuse(Reason::Instances { max: 2 })
+        );
+        c.release(None);
         assert!(!c.at_capacity(&l));
         assert!(!c.at_capacity(&Limits::default()));
     }
@@ -226,10 +408,7 @@ mod tests {
         let mut c = Counters::default();
         let t0 = Instant::now();
         for i in 0..5 {
-            assert_eq!(
-                c.admit(&l, None, t0 + Duration::from_secs(i)),
-                Decision::Admit
-            );
+            assert!(admitted(c.admit(&l, None, t0 + Duration::from_secs(i))));
         }
         let t = t0 + Duration::from_secs(10);
         assert_eq!(
@@ -243,68 +422,231 @@ mod tests {
             )
         );
         // After the pause a fresh window starts.
-        assert_eq!(
-            c.admit(&l, None, t + Duration::from_secs(600)),
-            Decision::Admit
-        );
+        assert!(admitted(c.admit(&l, None, t + Duration::from_secs(600))));
         // A window that has elapsed restarts the count.
         let mut c = Counters::default();
         for _ in 0..5 {
             c.admit(&l, None, t0);
         }
-        assert_eq!(
-            c.admit(&l, None, t0 + Duration::from_secs(60)),
-            Decision::Admit
-        );
+        assert!(admitted(c.admit(&l, None, t0 + Duration::from_secs(60))));
     }
 
     #[test]
-    fn per_source() {
+    fn per_source_instances_and_bucket() {
         let l = Limits {
             max_per_source: Some(1),
-            per_source_per_minute: Some(3),
+            source_rate: Some(Bucket {
+                rate: 1,
+                interval: Duration::from_secs(10),
+                burst: 3,
+            }),
             ..Limits::default()
         };
         let mut c = Counters::default();
         let t = Instant::now();
-        assert_eq!(c.admit(&l, ip("10.0.0.1"), t), Decision::Admit);
+        let a = ip("10.0.0.1");
+        assert_eq!(c.admit(&l, a, t), Decision::Admit(a));
         assert_eq!(
-            c.admit(&l, ip("10.0.0.1"), t),
+            c.admit(&l, a, t),
             Decision::Refuse(Reason::SourceInstances { max: 1 })
         );
-        assert_eq!(c.admit(&l, ip("10.0.0.2"), t), Decision::Admit);
-        c.release(ip("10.0.0.1"));
-        assert_eq!(c.admit(&l, ip("10.0.0.1"), t), Decision::Admit);
-        c.release(ip("10.0.0.1"));
-        assert_eq!(c.admit(&l, ip("10.0.0.1"), t), Decision::Admit);
-        c.release(ip("10.0.0.1"));
-        assert_eq!(
-            c.admit(&l, ip("10.0.0.1"), t),
-            Decision::Refuse(Reason::SourceRate { max: 3 })
-        );
-        assert_eq!(c.admit(&l, ip("10.0.0.1"), t + MINUTE), Decision::Admit);
-        assert_eq!(c.running(), 2);
+        assert!(admitted(c.admit(&l, ip("10.0.0.2"), t)));
+        c.release(a);
+        assert!(admitted(c.admit(&l, a, t)));
+        c.release(a);
+        assert!(admitted(c.admit(&l, a, t)));
+        c.release(a);
+        // The burst of 3 is spent: refused until a token refills.
+        let refused = Decision::Refuse(Reason::SourceRate {
+            rate: 1,
+            interval: Duration::from_secs(10),
+        });
+        assert_eq!(c.admit(&l, a, t), refused);
+        assert_eq!(c.admit(&l, a, t + Duration::from_secs(9)), refused);
+        assert!(admitted(c.admit(&l, a, t + Duration::from_secs(10))));
+        c.release(a);
+        assert_eq!(c.admit(&l, a, t + Duration::from_secs(11)), refused);
+        // A long rest refills to the burst, never beyond it.
+        let later = t + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert!(admitted(c.admit(&l, a, later)));
+            c.release(a);
+        }
+        assert_eq!(c.admit(&l, a, later), refused);
+        assert_eq!(c.running(), 1);
+    }
+
+    #[test]
+    fn ipv6_sources_grouped_by_prefix() {
+        let l = Limits::default();
+        let k = |s: &str| source_key(s.parse().unwrap(), &l);
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::2"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
+        let l48 = Limits {
+            prefix6: 48,
+            prefix4: 24,
+            ..Limits::default()
+        };
+        let k = |s: &str| source_key(s.parse().unwrap(), &l48);
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("10.0.0.1"), k("10.0.0.2"));
     }
 
     #[test]
     fn sources_stay_bounded() {
         let l = Limits {
-            per_source_per_minute: Some(100),
+            source_rate: Some(Bucket {
+                rate: 100,
+                interval: Duration::from_secs(60),
+                burst: 100,
+            }),
             ..Limits::default()
         };
         let mut c = Counters::default();
         let t = Instant::now();
-        for i in 0..5000u32 {
-            let a = IpAddr::from(i.to_be_bytes());
-            c.admit(&l, Some(a), t);
-            c.release(Some(a));
+        for i in 0..20_000u32 {
+            let a = Some(IpAddr::from(i.to_be_bytes()));
+            if let Decision::Admit(k) = c.admit(&l, a, t) {
+                c.release(k);
+            }
+            assert!(c.sources_tracked() <= SOURCE_MAX);
         }
-        let later = t + MINUTE;
-        c.admit(&l, ip("10.9.9.9"), later);
-        assert!(
-            c.sources_tracked() <= SOURCE_PRUNE_AT,
-            "{}",
-            c.sources_tracked()
+        // Sources with handlers running are never forgotten: past the
+        // bound a new source is admitted untracked.
+        let mut c = Counters::default();
+        for i in 0..SOURCE_MAX as u32 {
+            c.admit(&l, Some(IpAddr::from(i.to_be_bytes())), t);
+        }
+        assert_eq!(c.admit(&l, ip("200.0.0.1"), t), Decision::Admit(None));
+        assert_eq!(c.sources_tracked(), SOURCE_MAX);
+    }
+
+    #[test]
+    fn crash_loop_counts_quick_failures_only() {
+        let l = Limits {
+            crash: Some(Crash {
+                max: 3,
+                window: Duration::from_secs(10),
+                lifetime: Duration::from_secs(2),
+                pause: Duration::from_secs(30),
+            }),
+            ..Limits::default()
+        };
+        let mut c = Counters::default();
+        let t = Instant::now();
+        let quick = Duration::from_millis(5);
+        // Healthy handlers, however many, never pause.
+        for i in 0..1000 {
+            assert_eq!(c.ended(&l, false, quick, t + Duration::from_millis(i)), None);
+        }
+        // Failures after a long life do not count either.
+        for _ in 0..10 {
+            assert_eq!(c.ended(&l, true, Duration::from_secs(3), t), None);
+        }
+        assert_eq!(c.ended(&l, true, quick, t), None);
+        assert_eq!(c.ended(&l, true, quick, t + Duration::from_secs(1)), None);
+        // The first failure has left the window: still two.
+        let t2 = t + Duration::from_secs(10);
+        assert_eq!(c.ended(&l, true, quick, t2), None);
+        let p = c.ended(&l, true, quick, t2 + Duration::from_secs(1));
+        assert_eq!(
+            p,
+            Some((
+                Reason::Crash {
+                    max: 3,
+                    window: Duration::from_secs(10)
+                },
+                t2 + Duration::from_secs(31)
+            ))
         );
+        // Counting starts over after a pause.
+        assert_eq!(c.ended(&l, true, quick, t2 + Duration::from_secs(31)), None);
+        let off = Limits {
+            crash: None,
+            ..Limits::default()
+        };
+        for _ in 0..100 {
+            assert_eq!(c.ended(&off, true, quick, t), None);
+        }
+    }
+
+    #[test]
+    fn access_lists() {
+        let cidrs = |w: &[&str]| acl::parse_list(w.iter().copied()).unwrap();
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Empty: everyone.
+        assert!(allowed(&Access::default(), a("1.2.3.4")));
+        // Allow only: the rest are refused.
+        let only = Access {
+            allow: cidrs(&["10.0.0.0/8"]),
+            ..Access::default()
+        };
+        assert!(allowed(&only, a("10.1.1.1")));
+        assert!(allowed(&only, a("::ffff:10.1.1.1")), "mapped v4");
+        assert!(!allowed(&only, a("11.1.1.1")));
+        assert!(!allowed(&only, a("::1")));
+        // Deny only: the rest are allowed.
+        let deny = Access {
+            deny: cidrs(&["10.0.0.0/8"]),
+            ..Access::default()
+        };
+        assert!(!allowed(&deny, a("10.1.1.1")));
+        assert!(allowed(&deny, a("11.1.1.1")));
+        // systemd's usual pair: allow a prefix, deny any.
+        let sd = Access {
+            allow: cidrs(&["localhost"]),
+            deny: cidrs(&["any"]),
+            ..Access::default()
+        };
+        assert!(allowed(&sd, a("127.0.0.1")));
+        assert!(allowed(&sd, a("::1")));
+        assert!(!allowed(&sd, a("192.168.1.1")));
+        // The more specific prefix wins, whichever list it is in.
+        let nested = Access {
+            allow: cidrs(&["10.0.0.0/8", "10.1.2.3"]),
+            deny: cidrs(&["10.1.0.0/16"]),
+            ..Access::default()
+        };
+        assert!(allowed(&nested, a("10.2.0.1")));
+        assert!(!allowed(&nested, a("10.1.0.1")));
+        assert!(allowed(&nested, a("10.1.2.3")));
+        // A tie goes to allow (systemd: allow beats deny).
+        let tie = Access {
+            allow: cidrs(&["10.0.0.1"]),
+            deny: cidrs(&["10.0.0.1"]),
+            ..Access::default()
+        };
+        assert!(allowed(&tie, a("10.0.0.1")));
+    }
+
+    #[test]
+    fn unix_ids() {
+        assert!(allowed_unix(&Access::default(), 1000, 1000));
+        let u = Access {
+            uids: vec![0],
+            gids: vec![50],
+            ..Access::default()
+        };
+        assert!(allowed_unix(&u, 0, 1000));
+        assert!(allowed_unix(&u, 1000, 50));
+        assert!(!allowed_unix(&u, 1000, 1000));
+    }
+
+    #[test]
+    fn log_gate_once_per_source_per_interval() {
+        let mut c = Counters::default();
+        let t = Instant::now();
+        assert_eq!(c.should_log(ip("10.0.0.1"), t), Some(0));
+        for _ in 0..5 {
+            assert_eq!(c.should_log(ip("10.0.0.1"), t), None);
+        }
+        assert_eq!(c.should_log(ip("10.0.0.2"), t), Some(0));
+        assert_eq!(c.should_log(ip("10.0.0.1"), t + LOG_INTERVAL), Some(5));
+        for i in 0..10_000u32 {
+            c.should_log(Some(IpAddr::from(i.to_be_bytes())), t);
+            assert!(c.gate.seen.len() <= LOG_GATE_MAX);
+        }
     }
 }

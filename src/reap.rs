@@ -21,13 +21,18 @@ pub struct Child {
     pub service: usize,
     /// The service's label when the handler started, for its exit line.
     pub label: String,
-    /// The source address counted by policy, if any.
+    /// The source key counted by policy, if the source is tracked.
     pub source: Option<IpAddr>,
     /// `addr:port` of the peer, for log lines.
     pub peer: String,
     pub started: Instant,
     /// For a `wait` service: the listeners it holds.
     pub wait: Option<WaitHold>,
+    /// When the handler's time (`timeout`) is up, or after the stop
+    /// signal, when SIGKILL follows.
+    pub deadline: Option<Instant>,
+    /// The stop signal was sent because the handler ran over its time.
+    pub timed_out: bool,
 }
 
 /// The listeners a `wait` handler holds, and what woke it.
@@ -99,6 +104,10 @@ impl Children {
 
     pub fn insert(&mut self, pid: Pid, child: Child) {
         self.table.insert(pid.as_raw(), child);
+    }
+
+    pub fn get_mut(&mut self, pid: i32) -> Option<&mut Child> {
+        self.table.get_mut(&pid)
     }
 
     pub fn len(&self) -> usize {

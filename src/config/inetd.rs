@@ -13,7 +13,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{ExecSpec, Handover, Limits, Mode, Rate, SockOpts, SockType, StopSpec};
+use super::{
+    acl, options, Bucket, ExecSpec, Handover, Limits, Mode, Rate, Refusal, SockOpts, SockType,
+    StopSpec,
+};
 use crate::error::{ConfigError, Origin};
 
 /// The classic default for `nowait.N`: 256 spawns per 60 s (OpenBSD `toomany`).
@@ -96,6 +99,13 @@ pub struct RawService {
     /// Expand `${VAR}` and `$VAR` in program and argv from the service's
     /// environment, as systemd does for `ExecStart=`.
     pub expand_env: bool,
+    /// Access lists (see [`super::Access`]); unix peers by user and group
+    /// names or numbers, resolved at load time.
+    pub allow: Vec<acl::Cidr>,
+    pub deny: Vec<acl::Cidr>,
+    pub allow_users: Vec<String>,
+    pub allow_groups: Vec<String>,
+    pub refusal: Refusal,
 }
 
 impl RawService {
@@ -130,6 +140,11 @@ impl RawService {
             env_files: Vec::new(),
             stop: StopSpec::default(),
             expand_env: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            allow_users: Vec::new(),
+            allow_groups: Vec::new(),
+            refusal: Refusal::default(),
         }
     }
 }
@@ -395,31 +410,31 @@ fn parse_line(
     svc.binds = vec![bind];
     svc.sndbuf = sndbuf;
     svc.rcvbuf = rcvbuf;
-    svc.backlog = wait.backlog;
-    svc.handover = wait.handover.unwrap_or(Handover::INETD);
     svc.limits = wait.limits;
     svc.user = Some(user);
     svc.group = group;
     svc.program = program.to_string();
     svc.argv = argv;
-    svc.fd_name = wait.fd_name;
+    for (k, v) in &wait.opts {
+        options::apply(&mut svc, k, v).map_err(|m| err("wait", m))?;
+    }
     Ok(LineOutcome::Service(Box::new(svc)))
 }
 
-/// What the wait field says.
+/// What the wait field says: the mode, the classic limits, and doorman's
+/// options (applied in order by [`options::apply`]).
 #[derive(Debug, PartialEq, Eq)]
 struct WaitField {
     mode: Mode,
     limits: Limits,
-    handover: Option<Handover>,
-    fd_name: Option<String>,
-    backlog: Option<i32>,
+    opts: Vec<(String, String)>,
 }
 
 /// `wait|nowait` + `.max` (OpenBSD/Debian) or `/max-child/per-ip-per-min/
 /// max-child-per-ip` (FreeBSD), then doorman's `,key=value` options.
 fn parse_wait(field: &str) -> Result<WaitField, String> {
-    let mut parts = field.split(',');
+    let split = split_options(field);
+    let mut parts = split.into_iter();
     let base = parts.next().unwrap_or("");
     let (word, rest) = match base.find(['.', '/']) {
         Some(i) => (&base[..i], &base[i..]),
@@ -454,80 +469,47 @@ fn parse_wait(field: &str) -> Result<WaitField, String> {
             vals[i] = (v > 0).then_some(v);
         }
         limits.max_instances = vals[0];
-        limits.per_source_per_minute = vals[1];
+        // FreeBSD's connections per IP per minute, as a bucket that refills
+        // continuously rather than a window that resets.
+        limits.source_rate = vals[1].map(|n| Bucket {
+            rate: n,
+            interval: Duration::from_secs(60),
+            burst: n,
+        });
         limits.max_per_source = vals[2];
     } else if !rest.is_empty() {
         return Err(format!("unexpected {rest:?} after {word}"));
     }
-    let mut out = WaitField {
-        mode,
-        limits,
-        handover: None,
-        fd_name: None,
-        backlog: None,
-    };
+    let mut opts = Vec::new();
     for opt in parts {
         let (k, v) = opt
             .split_once('=')
             .ok_or_else(|| format!("option {opt:?} is not key=value"))?;
-        match k {
-            "handover" => {
-                out.handover = Some(
-                    Handover::parse(v)
-                        .ok_or_else(|| format!("handover={v:?}: expected inetd, stdio or fd3"))?,
-                )
+        opts.push((k.to_string(), v.to_string()));
+    }
+    Ok(WaitField { mode, limits, opts })
+}
+
+/// Splits the wait field at commas, except escaped ones (`\,`, kept for
+/// `message=`).
+fn split_options(field: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let b = field.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b',' => {
+                out.push(&field[start..i]);
+                start = i + 1;
+                i += 1;
             }
-            "fdname" => {
-                if v.is_empty()
-                    || v.len() > 255
-                    || !v.chars().all(|c| c.is_ascii_graphic() && c != ':')
-                {
-                    return Err(format!(
-                        "fdname={v:?}: expected 1 to 255 printable characters, no ':'"
-                    ));
-                }
-                out.fd_name = Some(v.to_string())
-            }
-            "backlog" => {
-                let n = parse_count(v, "backlog")?;
-                out.backlog =
-                    Some(i32::try_from(n).map_err(|_| format!("backlog={v} is too large"))?);
-            }
-            "max-child" => {
-                let n = parse_count(v, "max-child")?;
-                out.limits.max_instances = (n > 0).then_some(n);
-            }
-            "rate" => {
-                // rate=N[/INTERVAL[/PAUSE]], seconds (default 60 and 600).
-                let mut parts = v.split('/');
-                let n = parse_count(parts.next().unwrap_or(""), "rate")?;
-                let interval = match parts.next() {
-                    Some(i) => {
-                        Duration::from_secs(u64::from(parse_count(i, "rate interval")?.max(1)))
-                    }
-                    None => DEFAULT_RATE.interval,
-                };
-                let pause = match parts.next() {
-                    Some(p) => Duration::from_secs(u64::from(parse_count(p, "rate pause")?)),
-                    None => DEFAULT_RATE.pause,
-                };
-                if parts.next().is_some() {
-                    return Err(format!("rate={v:?}: expected N[/INTERVAL[/PAUSE]]"));
-                }
-                out.limits.rate = (n > 0).then_some(Rate {
-                    max: n,
-                    interval,
-                    pause,
-                });
-            }
-            _ => {
-                return Err(format!(
-                    "unknown option {k:?} (known: handover, fdname, backlog, max-child, rate)"
-                ))
-            }
+            _ => i += 1,
         }
     }
-    Ok(out)
+    out.push(&field[start.min(field.len())..]);
+    out
 }
 
 fn parse_count(s: &str, what: &str) -> Result<u32, String> {
@@ -643,18 +625,20 @@ mod tests {
         assert_eq!(w.limits.rate.unwrap().max, 5);
         let w = parse_wait("nowait/2/30/1").unwrap();
         assert_eq!(w.limits.max_instances, Some(2));
-        assert_eq!(w.limits.per_source_per_minute, Some(30));
+        assert_eq!(w.limits.source_rate.map(|b| (b.rate, b.burst)), Some((30, 30)));
         assert_eq!(w.limits.max_per_source, Some(1));
         assert_eq!(w.limits.rate, Some(DEFAULT_RATE));
-        let w = parse_wait("nowait/10,handover=fd3,fdname=web").unwrap();
-        assert_eq!(w.handover, Some(Handover::FD3));
-        assert_eq!(w.fd_name.as_deref(), Some("web"));
+        let w = parse_wait("nowait/10,handover=fd3,fdname=web,message=a\\,b").unwrap();
+        assert_eq!(
+            w.opts,
+            [("handover", "fd3"), ("fdname", "web"), ("message", "a\\,b")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
         assert_eq!(parse_wait("nowait.0").unwrap().limits.rate, None);
         assert!(parse_wait("nowiat").is_err());
         assert!(parse_wait("nowait.x").is_err());
         assert!(parse_wait("nowait/1/2/3/4").is_err());
-        assert!(parse_wait("nowait,handover=pipe").is_err());
-        assert!(parse_wait("nowait,colour=blue").is_err());
+        assert!(parse_wait("nowait,handover").is_err());
         assert!(parse_wait("nowait.99999999999").is_err());
     }
 

@@ -6,7 +6,9 @@
 //! Must not: touch sockets or processes. Nothing after this module knows
 //! which syntax a service came from.
 
+pub mod acl;
 pub mod inetd;
+pub mod options;
 pub mod resolve;
 pub mod unit;
 pub mod xinetd;
@@ -245,6 +247,10 @@ pub struct ExecSpec {
     pub umask: Option<u32>,
     pub nice: Option<i32>,
     pub rlimits: Vec<Rlimit>,
+    /// Wall-clock limit of one handler (systemd `RuntimeMaxSec=`, inetd.conf
+    /// `timeout=`, `--timeout`): past it the handler's process group gets
+    /// the stop signal, then SIGKILL after the stop timeout.
+    pub runtime_max: Option<Duration>,
 }
 
 /// How a handler is stopped when doorman stops it (`--stop-children`).
@@ -267,6 +273,10 @@ impl Default for StopSpec {
     }
 }
 
+/// Between the stop signal and SIGKILL when the service sets no stop
+/// timeout (a handler over its `timeout`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
 /// The classic looping protection: at most `max` spawns per `interval`;
 /// over it the service pauses for `pause`, then resumes by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,20 +286,155 @@ pub struct Rate {
     pub pause: Duration,
 }
 
+/// A token bucket: `rate` tokens refill every `interval`, never more than
+/// `burst` held; each connection takes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub rate: u32,
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+/// Crash-loop detection: `max` handlers that fail (exit non-zero or by a
+/// signal, or cannot be started) within `lifetime` of starting, all within
+/// `window`, pause the service for `pause`. Healthy handlers, however
+/// many, never count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crash {
+    pub max: u32,
+    pub window: Duration,
+    pub lifetime: Duration,
+    pub pause: Duration,
+}
+
+/// On by default: 10 quick failures within 10 s pause the service 30 s.
+pub const DEFAULT_CRASH: Crash = Crash {
+    max: 10,
+    window: Duration::from_secs(10),
+    lifetime: Duration::from_secs(2),
+    pause: Duration::from_secs(30),
+};
+
 /// Admission limits of one service. `None` means unlimited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Concurrent instances (FreeBSD `max-child`, `--max-instances`).
     pub max_instances: Option<u32>,
     /// Spawns per interval (OpenBSD/Debian `nowait.N`).
     pub rate: Option<Rate>,
-    /// Connections per source address per minute (FreeBSD field 3).
-    pub per_source_per_minute: Option<u32>,
+    /// Connections per source as a token bucket (FreeBSD's
+    /// per-IP-per-minute field is `N/60s` with a burst of `N`).
+    pub source_rate: Option<Bucket>,
     /// Concurrent instances per source address (FreeBSD field 4).
     pub max_per_source: Option<u32>,
     /// Wake-ups (accepted connections, wait hand-overs) per interval
     /// (systemd `PollLimit*`); over it the service pauses like `rate`.
     pub poll: Option<Rate>,
+    /// Sources are counted by prefix: IPv4 by /32 and IPv6 by /64 unless
+    /// configured otherwise (one IPv6 host usually owns a whole /64).
+    pub prefix4: u8,
+    pub prefix6: u8,
+    pub crash: Option<Crash>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_instances: None,
+            rate: None,
+            source_rate: None,
+            max_per_source: None,
+            poll: None,
+            prefix4: 32,
+            prefix6: 64,
+            crash: Some(DEFAULT_CRASH),
+        }
+    }
+}
+
+/// What a refused client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Not accepted: it waits in the kernel's backlog until there is room
+    /// (the listener is not watched meanwhile).
+    Queue,
+    /// Accepted and closed at once (the client reads EOF).
+    Close,
+    /// Accepted, sent the service's refusal message, closed.
+    Message,
+    /// Accepted and reset (`SO_LINGER` 0: the client gets ECONNRESET).
+    Reset,
+}
+
+impl Fate {
+    pub fn parse(s: &str) -> Option<Fate> {
+        match s {
+            "queue" => Some(Fate::Queue),
+            "close" => Some(Fate::Close),
+            "message" => Some(Fate::Message),
+            "reset" => Some(Fate::Reset),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fate::Queue => "queue",
+            Fate::Close => "close",
+            Fate::Message => "message",
+            Fate::Reset => "reset",
+        }
+    }
+}
+
+/// What each kind of refusal does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The service's instance limit is reached (default: queue).
+    pub full: Fate,
+    /// A per-source limit (concurrent or rate) is reached (default: close).
+    pub source: Fate,
+    /// The access list refuses the client (default: close).
+    pub deny: Fate,
+    /// The service is paused by its rate or crash-loop limit (default:
+    /// queue; the connection that tripped the limit is closed).
+    pub paused: Fate,
+    /// What `message` sends (at most [`MAX_MESSAGE`] bytes).
+    pub message: Vec<u8>,
+}
+
+/// A refusal message is sent with one non-blocking write: it must fit in
+/// any socket buffer.
+pub const MAX_MESSAGE: usize = 1024;
+
+impl Default for Refusal {
+    fn default() -> Self {
+        Refusal {
+            full: Fate::Queue,
+            source: Fate::Close,
+            deny: Fate::Close,
+            paused: Fate::Queue,
+            message: b"service unavailable, try again later\r\n".to_vec(),
+        }
+    }
+}
+
+/// Who may connect. Addresses: the longest matching prefix of either list
+/// decides (allow wins a tie); a client no prefix matches is allowed when
+/// the allow list is empty and refused otherwise. Unix sockets: when
+/// either id list is set, the peer's uid or gid (`SO_PEERCRED`) must be in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    pub allow: Vec<acl::Cidr>,
+    pub deny: Vec<acl::Cidr>,
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl Access {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty() && self.uids.is_empty() && self.gids.is_empty()
+    }
 }
 
 /// The credentials a handler runs with, resolved at load time so that the
@@ -333,6 +478,8 @@ pub struct Service {
     pub description: Option<String>,
     pub exec: ExecSpec,
     pub stop: StopSpec,
+    pub access: Access,
+    pub refusal: Refusal,
 }
 
 impl Service {
@@ -422,11 +569,23 @@ impl fmt::Display for Service {
         let num = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         write!(
             f,
-            " max-child={} max-child-per-ip={} conn-per-ip-per-min={}",
+            " max-child={} max-child-per-ip={}",
             num(l.max_instances),
             num(l.max_per_source),
-            num(l.per_source_per_minute)
         )?;
+        match l.source_rate {
+            Some(b) => write!(
+                f,
+                " source-rate={}/{}s,burst={}",
+                b.rate,
+                b.interval.as_secs_f64(),
+                b.burst
+            )?,
+            None => write!(f, " source-rate=-")?,
+        }
+        if (l.prefix4, l.prefix6) != (32, 64) {
+            write!(f, " source-prefix={}/{}", l.prefix4, l.prefix6)?;
+        }
         match l.rate {
             Some(r) => write!(
                 f,
@@ -444,6 +603,54 @@ impl fmt::Display for Service {
                 r.max,
                 r.interval.as_secs_f64(),
                 r.pause.as_secs_f64()
+            )?;
+        }
+        match l.crash {
+            Some(c) if c != DEFAULT_CRASH => write!(
+                f,
+                " crash={}/{}s,lifetime={}s,pause={}s",
+                c.max,
+                c.window.as_secs_f64(),
+                c.lifetime.as_secs_f64(),
+                c.pause.as_secs_f64()
+            )?,
+            Some(_) => {}
+            None => write!(f, " crash=off")?,
+        }
+        let a = &self.access;
+        for (name, list) in [("allow", &a.allow), ("deny", &a.deny)] {
+            if !list.is_empty() {
+                let l: Vec<String> = list.iter().map(|c| c.to_string()).collect();
+                write!(f, " {name}={}", l.join(","))?;
+            }
+        }
+        for (name, list) in [("allow-uid", &a.uids), ("allow-gid", &a.gids)] {
+            if !list.is_empty() {
+                let l: Vec<String> = list.iter().map(u32::to_string).collect();
+                write!(f, " {name}={}", l.join(","))?;
+            }
+        }
+        let r = &self.refusal;
+        let d = Refusal::default();
+        for (name, fate, default) in [
+            ("on-full", r.full, d.full),
+            ("on-source", r.source, d.source),
+            ("on-deny", r.deny, d.deny),
+            ("on-paused", r.paused, d.paused),
+        ] {
+            if fate != default {
+                write!(f, " {name}={}", fate.as_str())?;
+            }
+        }
+        if r.message != d.message {
+            write!(f, " message={:?}", String::from_utf8_lossy(&r.message))?;
+        }
+        if let Some(t) = self.exec.runtime_max {
+            write!(
+                f,
+                " timeout={}s,grace={}s",
+                t.as_secs_f64(),
+                self.stop.timeout.unwrap_or(DEFAULT_GRACE).as_secs_f64()
             )?;
         }
         if let Some(c) = &self.creds {

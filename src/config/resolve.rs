@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::inetd::{Family, RawBind, RawService};
-use super::{Address, Creds, Endpoint, Handler, Mode, Service, SockType, UnixPerms};
+use super::{Access, Address, Creds, Endpoint, Handler, Mode, Service, SockType, UnixPerms};
 use crate::error::ConfigError;
 
 /// The listen backlog when none is configured (what systemd uses).
@@ -159,6 +159,50 @@ impl Resolver {
                 ));
             }
         }
+        let mut access = Access {
+            allow: raw.allow.clone(),
+            deny: raw.deny.clone(),
+            ..Access::default()
+        };
+        for u in &raw.allow_users {
+            match resolve_uid(u) {
+                Ok(uid) => access.uids.push(uid),
+                Err(_) => errors.push(ConfigError::new(
+                    origin,
+                    Some("allow-uid"),
+                    format!("unknown user {u:?}"),
+                )),
+            }
+        }
+        for g in &raw.allow_groups {
+            match resolve_group(g) {
+                Ok(gid) => access.gids.push(gid),
+                Err((_, m)) => errors.push(ConfigError::new(origin, Some("allow-gid"), m)),
+            }
+        }
+        if raw.mode == Mode::Wait && !access.is_empty() {
+            errors.push(ConfigError::new(
+                origin,
+                Some("access list"),
+                "access lists need a nowait (per-connection) service: in wait mode the handler accepts its own clients",
+            ));
+        }
+        let unix = raw.binds.iter().all(|b| matches!(b, RawBind::Unix { .. }));
+        let inet = raw.binds.iter().all(|b| matches!(b, RawBind::Inet { .. }));
+        if unix && !(access.allow.is_empty() && access.deny.is_empty()) {
+            errors.push(ConfigError::new(
+                origin,
+                Some("access list"),
+                "address lists (allow=, deny=) apply to IP sockets; for a unix socket use allow-uid= and allow-gid=",
+            ));
+        }
+        if inet && !(access.uids.is_empty() && access.gids.is_empty()) {
+            errors.push(ConfigError::new(
+                origin,
+                Some("access list"),
+                "allow-uid= and allow-gid= apply to unix sockets (SO_PEERCRED); for IP sockets use allow= and deny=",
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -199,6 +243,8 @@ impl Resolver {
             description: raw.description.clone(),
             exec,
             stop: raw.stop,
+            access,
+            refusal: raw.refusal.clone(),
         };
         Ok((svc, warnings))
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::inetd::{Family, Parsed, RawBind, RawService};
-use super::{Handover, Mode, Rate, Rlimit, SockType, StdFd};
+use super::{acl, options, Handover, Mode, Rate, Rlimit, SockType, StdFd};
 use crate::error::{ConfigError, Origin};
 
 /// The marker standing for `%i` and `%n` in a template's `ExecStart=`
@@ -278,7 +278,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("Service", "ExecStopPost"),
     ("Service", "ExecReload"),
     ("Service", "RootDirectory"),
-    ("Service", "RuntimeMaxSec"),
     ("Service", "Sockets"),
     ("Service", "PrivateTmp"),
     ("Service", "ProtectSystem"),
@@ -367,7 +366,10 @@ impl Builder {
             "IPAddressAllow",
             "IPAddressDeny",
             "Description",
+            "X-Doorman-Options",
         ];
+        let (mut ip_allow, mut ip_deny) = (Vec::new(), Vec::new());
+        let mut allow_at = None;
         let mut listens: Vec<(SockType, &Assignment)> = Vec::new();
         let (mut sock_user, mut sock_group, mut sock_mode) = (None, None, None);
         let mut max_conn: Option<u32> = Some(64);
@@ -435,9 +437,23 @@ impl Builder {
                     "TriggerLimitBurst" => trigger.1 = Some(parse_u32(v)?),
                     "PollLimitIntervalSec" => poll.0 = parse_timespan(v)?.unwrap_or(Duration::ZERO),
                     "PollLimitBurst" => poll.1 = Some(parse_u32(v)?),
-                    "IPAddressAllow" | "IPAddressDeny" if !v.is_empty() => {
-                        return Err("access lists are not supported yet: doorman refuses to start rather than ignore them".into());
+                    "IPAddressAllow" | "IPAddressDeny" => {
+                        let list = if a.key == "IPAddressAllow" {
+                            allow_at = Some(a.origin.clone());
+                            &mut ip_allow
+                        } else {
+                            &mut ip_deny
+                        };
+                        if v.is_empty() {
+                            list.clear();
+                        }
+                        for c in acl::parse_list(v.split_whitespace())? {
+                            if !list.contains(&c) {
+                                list.push(c);
+                            }
+                        }
                     }
+                    "X-Doorman-Options" => options::apply_words(&mut self.raw, v.split_whitespace())?,
                     _ => {} // Accept, Service: read before
                 }
                 Ok(())
@@ -446,6 +462,18 @@ impl Builder {
                 self.errors.push(err(a, m));
             }
         }
+        // systemd: an allow list without a deny list restricts nothing
+        // (allow only makes exceptions to deny). So here too, but say so.
+        if !ip_allow.is_empty() && ip_deny.is_empty() {
+            if let Some(at) = allow_at {
+                self.warnings.push(format!(
+                    "{at}: IPAddressAllow= without IPAddressDeny= lets every client in (as in systemd); add IPAddressDeny=any to allow only these"
+                ));
+            }
+            ip_allow.clear();
+        }
+        self.raw.allow.extend(ip_allow);
+        self.raw.deny.extend(ip_deny);
         if listens.is_empty() {
             self.errors.push(ConfigError::new(
                 &self.raw.origin,
@@ -523,6 +551,8 @@ impl Builder {
             "KillMode",
             "KillSignal",
             "TimeoutStopSec",
+            "RuntimeMaxSec",
+            "X-Doorman-Options",
             "Type",
             "LimitCPU",
             "LimitFSIZE",
@@ -621,6 +651,10 @@ impl Builder {
                     }
                     "KillSignal" => self.raw.stop.signal = parse_signal(v)?,
                     "TimeoutStopSec" => self.raw.stop.timeout = parse_timespan(v)?,
+                    "RuntimeMaxSec" => {
+                        self.raw.exec.runtime_max = parse_timespan(v)?.filter(|d| !d.is_zero())
+                    }
+                    "X-Doorman-Options" => options::apply_words(&mut self.raw, v.split_whitespace())?,
                     "Type" => match v {
                         "simple" | "exec" | "oneshot" => {}
                         "notify" | "notify-reload" | "forking" | "dbus" | "idle" => self.warnings.push(format!(

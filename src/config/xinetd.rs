@@ -39,8 +39,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::acl::{self, Cidr};
 use super::inetd::{Family, Parsed, RawBind, RawService};
-use super::{Mode, Rate, Rlimit, SockType};
+use super::{options, Fate, Mode, Rate, Rlimit, SockType, MAX_MESSAGE};
 use crate::error::{ConfigError, Origin};
 
 /// xinetd's built-in `cps = 50 10`: over 50 connections in a second the
@@ -235,6 +236,7 @@ const SERVICE_ATTRS: &[AttrDef] = &[
     attr("umask", Count::One),
     attr("libwrap", Count::One),
     attr("mdns", Count::One),
+    list("doorman_options"),
 ];
 
 /// The attributes a `defaults` entry may set (xinetd's `default_attributes`).
@@ -260,6 +262,7 @@ const DEFAULTS_ATTRS: &[AttrDef] = &[
     attr("v6only", Count::One),
     attr("umask", Count::One),
     attr("mdns", Count::One),
+    list("doorman_options"),
 ];
 
 fn lookup(name: &str, defaults: bool) -> Option<&'static AttrDef> {
@@ -898,6 +901,15 @@ struct Settings {
     /// empty one: the server then gets only those variables and `env`;
     /// without one, xinetd's (doorman's) whole environment and `env`.
     passenv_given: bool,
+    /// `only_from` (`Some` once given, even empty: then no one) and
+    /// `no_access`, as written (checked when read).
+    only_from: Option<Vec<String>>,
+    no_access: Vec<String>,
+    /// The contents of the `banner_fail` file.
+    banner_fail: Option<Vec<u8>>,
+    /// doorman's own options (`doorman_options = key=value ...`), checked
+    /// when read.
+    doorman_options: Vec<String>,
     /// `defaults` only: service ids never served / the only ones served.
     disabled: Vec<String>,
     enabled: Option<Vec<String>>,
@@ -1033,16 +1045,37 @@ impl Settings {
                 Err(m) => fail(m),
             },
             "libwrap" => ignore("doorman does not consult TCP wrappers (hosts.allow)"),
-            "only_from" | "no_access" => fail(
-                "is not supported yet: doorman cannot restrict clients by address from xinetd configuration (use a firewall, or remove it)"
-                    .into(),
-            ),
+            "only_from" | "no_access" => {
+                if let Some(bad) = l.values.iter().find_map(|v| xinetd_addr(v).err()) {
+                    fail(bad);
+                } else if l.attr == "only_from" {
+                    edit_list(self.only_from.get_or_insert_with(Vec::new), op, &l.values);
+                } else {
+                    edit_list(&mut self.no_access, op, &l.values);
+                }
+            }
+            "doorman_options" => {
+                let mut scratch = RawService::new(origin(), "x", SockType::Stream, Mode::Accept);
+                match options::apply_words(&mut scratch, l.values.iter().map(String::as_str)) {
+                    Ok(()) => edit_list(&mut self.doorman_options, op, &l.values),
+                    Err(m) => fail(m),
+                }
+            }
             "access_times" => {
                 fail("is not supported yet: doorman serves at all times".into())
             }
-            "banner" | "banner_success" | "banner_fail" => {
-                fail("is not supported yet: doorman sends no banners".into())
-            }
+            "banner_fail" => match std::fs::read(one) {
+                Ok(b) if !b.is_empty() && b.len() <= MAX_MESSAGE => self.banner_fail = Some(b),
+                Ok(b) => fail(format!(
+                    "{one}: {} bytes; a refusal message is 1 to {MAX_MESSAGE} bytes",
+                    b.len()
+                )),
+                Err(e) => fail(format!("{one}: {e}")),
+            },
+            "banner" | "banner_success" => fail(
+                "is not supported: doorman sends nothing before the server runs (banner_fail is supported)"
+                    .into(),
+            ),
             "deny_time" => fail(
                 "is not supported yet: doorman keeps no deny list (it goes with the SENSOR flag)"
                     .into(),
@@ -1301,7 +1334,66 @@ fn build(
     svc.exec.umask = s.umask;
     svc.exec.nice = s.nice;
     svc.exec.rlimits = s.rlimits.clone();
+    // Access: only_from allows, no_access denies, the more specific match
+    // wins (as xinetd); an empty only_from lets no one in.
+    let cidrs = |words: &[String]| -> Vec<Cidr> {
+        let mut out = Vec::new();
+        for c in words.iter().flat_map(|w| xinetd_addr(w).unwrap_or_default()) {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
+    };
+    if let Some(only) = &s.only_from {
+        svc.allow = cidrs(only);
+        if svc.allow.is_empty() {
+            svc.deny = acl::parse("any").expect("keyword");
+        }
+    }
+    for c in cidrs(&s.no_access) {
+        if !svc.deny.contains(&c) {
+            svc.deny.push(c);
+        }
+    }
+    if let Some(b) = &s.banner_fail {
+        // xinetd writes banner_fail to clients it refuses.
+        svc.refusal.message = b.clone();
+        svc.refusal.deny = Fate::Message;
+        svc.refusal.source = Fate::Message;
+    }
+    options::apply_words(&mut svc, s.doorman_options.iter().map(String::as_str))
+        .expect("checked when read");
     Some(svc)
+}
+
+/// One `only_from`/`no_access` word: an address or prefix (IPv4 or
+/// IPv6), xinetd's network form with trailing zero octets
+/// (`10.0.0.0` is 10.0.0.0/8, `0.0.0.0` everyone), or its factorized form
+/// `10.1.2.{3,4}`. Host, domain and network names are refused: doorman
+/// makes no DNS lookups.
+fn xinetd_addr(word: &str) -> Result<Vec<Cidr>, String> {
+    if let Some(open) = word.find('{') {
+        let (head, rest) = word.split_at(open);
+        let inner = rest
+            .strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+            .ok_or_else(|| format!("{word:?}: expected a.b.c.{{x,y,...}}"))?;
+        if !head.ends_with('.') || head.contains(':') {
+            return Err(format!("{word:?}: expected a.b.c.{{x,y,...}}"));
+        }
+        let mut out = Vec::new();
+        for part in inner.split(',') {
+            out.extend(xinetd_addr(&format!("{head}{}", part.trim()))?);
+        }
+        return Ok(out);
+    }
+    if let Ok(v4) = word.parse::<Ipv4Addr>() {
+        let o = v4.octets();
+        let zeros = o.iter().rev().take_while(|&&b| b == 0).count() as u8;
+        return Ok(vec![Cidr::new(v4.into(), 32 - 8 * zeros).expect("valid length")]);
+    }
+    acl::parse(word)
 }
 
 /// The address and family. xinetd (2.3.15, as Debian ships it) opens one
@@ -1527,6 +1619,36 @@ mod tests {
     }
 
     #[test]
+    fn access_lists_banner_fail_and_doorman_options() {
+        let banner = std::env::temp_dir().join(format!("doorman-banner-{}", std::process::id()));
+        std::fs::write(&banner, "go away\r\n").unwrap();
+        let p = p_err(&format!(
+            "only_from = 127.0.0.1 10.0.0.0 192.168.1.{{1,2}}\nonly_from += ::1\n\
+             no_access = 10.1.0.0/16\nbanner_fail = {}\n\
+             doorman_options = timeout=30 on-full=reset\n",
+            banner.display()
+        ));
+        std::fs::remove_file(&banner).unwrap();
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let s = &p.services[0];
+        let shown: Vec<String> = s.allow.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["127.0.0.1/32", "10.0.0.0/8", "192.168.1.1/32", "192.168.1.2/32", "::1/128"]
+        );
+        assert_eq!(s.deny[0].to_string(), "10.1.0.0/16");
+        assert_eq!(s.refusal.message, b"go away\r\n");
+        assert_eq!(s.refusal.deny, Fate::Message);
+        assert_eq!(s.refusal.full, Fate::Reset);
+        assert_eq!(s.exec.runtime_max, Some(Duration::from_secs(30)));
+        // An empty only_from lets no one in; 0.0.0.0 is everyone.
+        let s = &p_err("only_from =\n").services[0];
+        assert!(s.allow.is_empty() && s.deny.len() == 2);
+        let s = &p_err("only_from = 0.0.0.0\n").services[0];
+        assert_eq!(s.allow[0].len, 0);
+    }
+
+    #[test]
     fn environment() {
         // No passenv anywhere: the whole environment, plus env.
         let s = &p_err("env = A=1\n").services[0];
@@ -1713,11 +1835,6 @@ service four
     #[test]
     fn unsupported_attributes_are_errors() {
         for (line, attr) in [
-            ("only_from = 127.0.0.1", "only_from"),
-            ("no_access =", "no_access"),
-            ("banner = /etc/issue", "banner"),
-            ("banner_success = /etc/issue", "banner_success"),
-            ("banner_fail = /etc/issue", "banner_fail"),
             ("deny_time = 60", "deny_time"),
             ("access_times = 2:00-9:00 12:00-24:00", "access_times"),
             ("redirect = 10.0.0.1 23", "redirect"),
@@ -1730,11 +1847,22 @@ service four
             assert!(p.errors[0].message.contains("not supported yet"), "{line}");
             assert!(p.services.is_empty());
         }
+        for (line, attr) in [
+            ("banner = /etc/issue", "banner"),
+            ("banner_success = /etc/issue", "banner_success"),
+            ("banner_fail = /nonexistent/banner", "banner_fail"),
+            ("only_from = www.example.com", "only_from"),
+            ("no_access = 10.0.0.0/99", "no_access"),
+            ("doorman_options = timeout=x", "doorman_options"),
+        ] {
+            let p = p_err(&format!("{line}\n"));
+            assert_eq!(where_(&p), [(7, Some(attr))], "{line}");
+        }
         // In defaults too, reported once at the defaults line.
         let p = conf(&format!(
-            "defaults\n{{\nonly_from = 10.0.0.0/8\n}}\n{ECHO}{ECHO}"
+            "defaults\n{{\nmax_load = 2\n}}\n{ECHO}{ECHO}"
         ));
-        assert_eq!(where_(&p), [(3, Some("only_from"))]);
+        assert_eq!(where_(&p), [(3, Some("max_load"))]);
         // Unknown attributes, and service-only attributes in defaults.
         let p = p_err("colour = blue\n");
         assert_eq!(where_(&p), [(7, Some("colour"))]);

@@ -10,7 +10,8 @@
 //! Reload lives in `reload.rs`, the metrics endpoint in `scrape.rs`.
 //! Must not: fork itself (spawn does) or parse text (config does).
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -24,13 +25,16 @@ use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
 use crate::config::inetd::DEFAULT_RATE;
-use crate::config::{self, Address, Endpoint, Handler, Loaded, Mode, Service, SockType, Sources};
+use crate::config::{
+    self, Address, Endpoint, Fate, Handler, Loaded, Mode, Service, SockType, Sources, DEFAULT_GRACE,
+    MAX_MESSAGE,
+};
 use crate::error::Error;
 use crate::events::{emit, V};
 use crate::listen::{self, storage_to_std, UnlinkOnDrop};
 use crate::metrics::{self, Gauges, Metrics};
 use crate::notify::{self, Notify};
-use crate::policy::{Counters, Decision};
+use crate::policy::{self, Counters, Decision, Reason};
 use crate::reap::{Child, Children, Exit, Outcome, WaitHold};
 use crate::signals::{self, Signal, Trap};
 use crate::spawn::image::{BaseEnv, Image, Launch, Peer};
@@ -81,6 +85,8 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// What to read again on SIGHUP.
     pub sources: Sources,
+    /// At most this many handlers over all services (`--max-children`).
+    pub max_children: Option<u32>,
 }
 
 struct ServiceRt {
@@ -162,6 +168,11 @@ pub struct Server {
     metrics_listener: Option<std::net::TcpListener>,
     scrapes: Vec<Option<Scrape>>,
     notify: Option<Notify>,
+    /// Handler deadlines (`timeout`), earliest first; entries whose child
+    /// is gone or has a newer deadline are dropped when they surface.
+    timeouts: BinaryHeap<Reverse<(Instant, i32)>>,
+    /// `--max-children` was reached: every listener is unwatched.
+    global_full: bool,
     opts: Options,
 }
 
@@ -254,6 +265,8 @@ impl Server {
             metrics_listener,
             scrapes: Vec::new(),
             notify: Notify::from_env(),
+            timeouts: BinaryHeap::new(),
+            global_full: false,
             opts,
         };
         server.swap(loaded.services, true)?;
@@ -322,6 +335,7 @@ impl Server {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
+            self.prune_timeouts();
             let timeout = if self.backlog.is_empty() {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(now))
@@ -385,12 +399,94 @@ impl Server {
             .chain(self.listeners.iter().filter_map(|l| l.wait.rearm_at))
             .chain(self.scrapes.iter().flatten().map(|s| s.deadline))
             .chain(self.emfile_until)
+            .chain(self.timeouts.peek().map(|Reverse((t, _))| *t))
             .min()
+    }
+
+    /// Drops deadlines of handlers that have exited (or were given a new
+    /// one), so that no stale deadline wakes an idle doorman.
+    fn prune_timeouts(&mut self) {
+        while let Some(&Reverse((t, pid))) = self.timeouts.peek() {
+            if self
+                .children
+                .get_mut(pid)
+                .is_some_and(|c| c.deadline == Some(t))
+            {
+                break;
+            }
+            self.timeouts.pop();
+        }
+    }
+
+    /// Handlers over their time get their stop signal (process group),
+    /// then SIGKILL once the grace period is over.
+    fn expire_timeouts(&mut self, now: Instant) {
+        while let Some(&Reverse((t, pid))) = self.timeouts.peek() {
+            if t > now {
+                break;
+            }
+            self.timeouts.pop();
+            let Some(c) = self.children.get_mut(pid) else {
+                continue;
+            };
+            if c.deadline != Some(t) {
+                continue;
+            }
+            let (signal, grace) = self
+                .services
+                .get(c.service)
+                .map(|rt| {
+                    (
+                        rt.svc.stop.signal,
+                        rt.svc.stop.timeout.unwrap_or(DEFAULT_GRACE),
+                    )
+                })
+                .unwrap_or((libc::SIGTERM, DEFAULT_GRACE));
+            let p = nix::unistd::Pid::from_raw(pid);
+            let age = now.duration_since(c.started);
+            if !c.timed_out {
+                c.timed_out = true;
+                let next = now + grace;
+                c.deadline = Some(next);
+                self.timeouts.push(Reverse((next, pid)));
+                let sig = NixSignal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
+                let _ = killpg(p, sig);
+                let _ = nix::sys::signal::kill(p, sig);
+                emit(
+                    Level::Warn,
+                    "timeout",
+                    &[
+                        ("service", V::S(&c.label)),
+                        ("pid", V::N(pid.into())),
+                        ("peer", V::S(&c.peer)),
+                        ("after_ms", V::N(age.as_millis() as i64)),
+                        ("signal", V::O(signal_name(signal))),
+                        ("kill_in_ms", V::N(grace.as_millis() as i64)),
+                    ],
+                );
+            } else {
+                c.deadline = None;
+                let _ = killpg(p, NixSignal::SIGKILL);
+                let _ = nix::sys::signal::kill(p, NixSignal::SIGKILL);
+                emit(
+                    Level::Warn,
+                    "timeout",
+                    &[
+                        ("service", V::S(&c.label)),
+                        ("pid", V::N(pid.into())),
+                        ("peer", V::S(&c.peer)),
+                        ("after_ms", V::N(age.as_millis() as i64)),
+                        ("signal", V::S("KILL")),
+                    ],
+                );
+            }
+        }
     }
 
     /// Ends rate pauses, the `EMFILE` back-off, re-arm delays and slow
     /// scrapes whose time has come.
     fn expire(&mut self, now: Instant) {
+        self.expire_timeouts(now);
         if self.emfile_until.is_some_and(|t| t <= now) {
             self.emfile_until = None;
             debug!("accept: retrying after file descriptor back-off");
@@ -426,14 +522,18 @@ impl Server {
     fn wanted(&self, li: usize) -> bool {
         let l = &self.listeners[li];
         let rt = &self.services[l.service];
-        if rt.paused_until.is_some()
-            || self.emfile_until.is_some()
-            || rt.counters.at_capacity(&rt.svc.limits)
-        {
+        if self.emfile_until.is_some() || self.global_full {
             return false;
         }
+        let full = rt.counters.at_capacity(&rt.svc.limits);
         match rt.svc.mode {
-            Mode::Accept => true,
+            // Over a limit whose fate is not `queue`, the listener stays
+            // watched and each client gets its fate.
+            Mode::Accept => {
+                !(rt.paused_until.is_some() && rt.svc.refusal.paused == Fate::Queue
+                    || full && rt.svc.refusal.full == Fate::Queue)
+            }
+            Mode::Wait if rt.paused_until.is_some() || full => false,
             // A wait socket belongs to its handler while one runs; a dgram
             // one may be shared by up to max-child instances.
             Mode::Wait => {
@@ -576,13 +676,35 @@ impl Server {
             );
             return;
         };
-        if !self.admit(s, source, &shown, now) {
-            return;
+        let rt = &self.services[s];
+        let allowed = match &peer {
+            Peer::Tcp { remote, .. } => policy::allowed(&rt.svc.access, remote.ip()),
+            Peer::Unix { uid, gid, .. } => policy::allowed_unix(&rt.svc.access, *uid, *gid),
+            Peer::Listener => true,
+        };
+        let key = source.map(|ip| policy::source_key(ip, &rt.svc.limits));
+        if !allowed {
+            return self.refuse(s, conn, Reason::Denied, key, &shown, now);
+        }
+        if rt.paused_until.is_some() || self.global_full {
+            // Paused with a fate other than queue (or accepted in the same
+            // batch that reached a limit).
+            return self.refuse(s, conn, Reason::Paused, key, &shown, now);
         }
         let rt = &mut self.services[s];
+        let tracked = match rt.counters.admit(&rt.svc.limits, key, now) {
+            Decision::Admit(tracked) => tracked,
+            Decision::Refuse(reason) => return self.refuse(s, conn, reason, key, &shown, now),
+            Decision::Pause(reason, until) => {
+                self.pause(s, reason.key(), reason.to_string(), &shown, until, now);
+                return self.refuse(s, conn, Reason::Paused, key, &shown, now);
+            }
+        };
+        let rt = &mut self.services[s];
+        let m = self.metrics.service(&rt.label);
+        m.accepted += 1;
         let fd = conn.as_raw_fd();
         let mut launch = Launch::new(&rt.image, fd, &[fd], &peer, self.devnull.as_raw_fd());
-        let m = self.metrics.service(&rt.label);
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
                 m.spawned += 1;
@@ -596,25 +718,35 @@ impl Server {
                         ("pid", V::N(pid.as_raw().into())),
                     ],
                 );
+                let deadline = rt.svc.exec.runtime_max.map(|t| now + t);
+                if let Some(t) = deadline {
+                    self.timeouts.push(Reverse((t, pid.as_raw())));
+                }
                 self.children.insert(
                     pid,
                     Child {
                         service: s,
                         label: rt.label.clone(),
-                        source,
+                        source: tracked,
                         peer: shown,
                         started: now,
                         wait: None,
+                        deadline,
+                        timed_out: false,
                     },
                 );
             }
             Err(e) => {
                 m.spawn_failures += 1;
                 log_spawn_error(&rt.svc, &e, &shown);
-                rt.counters.release(source);
+                rt.counters.release(tracked);
+                drop(conn);
+                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
+                return;
             }
         }
         drop(conn);
+        self.check_global();
         if self.services[s]
             .counters
             .at_capacity(&self.services[s].svc.limits)
@@ -623,32 +755,110 @@ impl Server {
         }
     }
 
-    /// Asks policy about a connection or a wake-up; performs a refusal or
-    /// pause. True when admitted (and counted).
-    fn admit(&mut self, s: usize, source: Option<IpAddr>, shown: &str, now: Instant) -> bool {
+    /// Refuses one accepted connection with the fate its service gives
+    /// this reason: counted always, logged once per source per interval.
+    fn refuse(
+        &mut self,
+        s: usize,
+        conn: OwnedFd,
+        reason: Reason,
+        key: Option<IpAddr>,
+        shown: &str,
+        now: Instant,
+    ) {
         let rt = &mut self.services[s];
-        let decision = rt.counters.admit(&rt.svc.limits, source, now);
+        let r = &rt.svc.refusal;
+        let fate = match reason {
+            Reason::Denied => r.deny,
+            _ if reason.per_source() => r.source,
+            Reason::Instances { .. } => r.full,
+            _ => r.paused,
+        };
+        // An accepted connection cannot be put back in the queue.
+        let fate = if fate == Fate::Queue {
+            Fate::Close
+        } else {
+            fate
+        };
         let m = self.metrics.service(&rt.label);
-        match decision {
-            Decision::Admit => {
-                m.accepted += 1;
+        *m.refused.entry(reason.key()).or_default() += 1;
+        if let Some(quiet) = rt.counters.should_log(key, now) {
+            let mut fields = vec![
+                ("service", V::S(&rt.label)),
+                ("peer", V::S(shown)),
+                ("reason", V::O(reason.to_string())),
+                ("fate", V::S(fate.as_str())),
+            ];
+            if quiet > 0 {
+                fields.push(("unlogged", V::N(quiet as i64)));
+            }
+            emit(Level::Info, "refuse", &fields);
+        }
+        perform(conn, fate, &rt.svc.refusal.message);
+    }
+
+    /// Counts a handler's end (or failure to start) toward its service's
+    /// crash-loop limit, pausing the service when it is reached.
+    fn crash_check(&mut self, s: usize, failed: bool, lived: Duration, how: &str, now: Instant) {
+        let Some(rt) = self.services.get_mut(s) else {
+            return;
+        };
+        if let Some((reason, until)) = rt.counters.ended(&rt.svc.limits, failed, lived, now) {
+            if rt.paused_until.is_none() {
+                self.pause(
+                    s,
+                    reason.key(),
+                    format!("{reason} (last: {how})"),
+                    "-",
+                    until,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// `--max-children`: unwatch every listener while the total is reached,
+    /// watch them again when it is not.
+    fn check_global(&mut self) {
+        let full = self
+            .opts
+            .max_children
+            .is_some_and(|m| self.children.len() >= m as usize);
+        if full != self.global_full {
+            self.global_full = full;
+            if full {
+                emit(
+                    Level::Warn,
+                    "full",
+                    &[(
+                        "max_children",
+                        V::N(i64::from(self.opts.max_children.unwrap_or(0))),
+                    )],
+                );
+            } else {
+                info!("below --max-children again: serving");
+            }
+            for i in 0..self.services.len() {
+                self.sync(i);
+            }
+        }
+    }
+
+    /// Asks policy about a wake-up of a wait service; performs a pause.
+    /// True when admitted (and counted).
+    fn admit_wake(&mut self, s: usize, now: Instant) -> bool {
+        let rt = &mut self.services[s];
+        match rt.counters.admit(&rt.svc.limits, None, now) {
+            Decision::Admit(_) => {
+                self.metrics.service(&rt.label).accepted += 1;
                 true
             }
             Decision::Refuse(reason) => {
-                *m.refused.entry(reason.key()).or_default() += 1;
-                emit(
-                    Level::Info,
-                    "refuse",
-                    &[
-                        ("service", V::S(&rt.label)),
-                        ("peer", V::S(shown)),
-                        ("reason", V::O(reason.to_string())),
-                    ],
-                );
+                debug!("{}: not woken: {reason}", rt.label);
                 false
             }
             Decision::Pause(reason, until) => {
-                self.pause(s, reason.key(), reason.to_string(), shown, until, now);
+                self.pause(s, reason.key(), reason.to_string(), "-", until, now);
                 false
             }
         }
@@ -699,7 +909,7 @@ impl Server {
         }
         let s = self.listeners[li].service;
         let now = Instant::now();
-        if !self.admit(s, None, "-", now) {
+        if !self.admit_wake(s, now) {
             return;
         }
         let l = &self.listeners[li];
@@ -745,6 +955,10 @@ impl Server {
                         w.rearm_at = Some(now + DGRAM_REARM);
                     }
                 }
+                let deadline = rt.svc.exec.runtime_max.map(|t| now + t);
+                if let Some(t) = deadline {
+                    self.timeouts.push(Reverse((t, pid.as_raw())));
+                }
                 self.children.insert(
                     pid,
                     Child {
@@ -758,13 +972,17 @@ impl Server {
                             woke: li,
                             queued,
                         }),
+                        deadline,
+                        timed_out: false,
                     },
                 );
+                self.check_global();
             }
             Err(e) => {
                 m.spawn_failures += 1;
                 log_spawn_error(&rt.svc, &e, "-");
                 rt.counters.release(None);
+                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
             }
         }
         self.sync(s);
@@ -804,6 +1022,10 @@ impl Server {
             if let Some(rt) = self.services.get_mut(s) {
                 rt.counters.release(child.source);
             }
+            if !child.timed_out {
+                let failed = exit.outcome != Outcome::Exited(0);
+                self.crash_check(s, failed, exit.duration, &exit.outcome.to_string(), now);
+            }
             if let Some(hold) = &child.wait {
                 // A handler that daemonized leaves processes in its session
                 // holding the socket: keep it handed over until they exit.
@@ -822,6 +1044,7 @@ impl Server {
             }
             self.sync(s);
         }
+        self.check_global();
         // Sessions left behind by daemonizing wait handlers.
         let mut i = 0;
         while i < self.held.len() {
@@ -1077,6 +1300,40 @@ fn set_nonblocking(fd: RawFd, on: bool) -> nix::Result<()> {
         flags - OFlag::O_NONBLOCK
     };
     fcntl(fd, FcntlArg::F_SETFL(flags)).map(drop)
+}
+
+/// Carries out a refusal on an accepted connection. Never blocks: the
+/// message goes out in one non-blocking send (it is small enough for any
+/// socket buffer); what the client sent is read away first (non-blocking)
+/// so that closing does not turn into a reset that could discard it.
+fn perform(conn: OwnedFd, fate: Fate, message: &[u8]) {
+    let fd = conn.as_raw_fd();
+    match fate {
+        Fate::Queue | Fate::Close => {}
+        Fate::Reset => {
+            let _ = socket::setsockopt(
+                &conn,
+                sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+        }
+        Fate::Message => {
+            let flags = socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL;
+            let mut sink = [0u8; 512];
+            for _ in 0..8 {
+                match socket::recv(fd, &mut sink, socket::MsgFlags::MSG_DONTWAIT) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            let _ = socket::send(fd, &message[..message.len().min(MAX_MESSAGE)], flags);
+            let _ = socket::shutdown(fd, socket::Shutdown::Write);
+        }
+    }
+    drop(conn);
 }
 
 /// `svc/proto: exec /path: No such file or directory (peer=...)`.
