@@ -396,12 +396,24 @@ impl Args {
         svc.program = program.clone();
         svc.argv = self.command.clone();
         svc.search_path = true;
-        let flags = [("max-child-per-ip", "--max-per-source", self.max_per_source.map(|n| n.to_string()))]
-            .into_iter()
-            .chain([("source-rate", "--source-rate", self.source_rate.clone())])
-            .chain([("timeout", "--timeout", self.timeout.clone())])
-            .chain(self.allow.iter().map(|a| ("allow", "--allow", Some(a.clone()))))
-            .chain(self.deny.iter().map(|a| ("deny", "--deny", Some(a.clone()))));
+        let flags = [(
+            "max-child-per-ip",
+            "--max-per-source",
+            self.max_per_source.map(|n| n.to_string()),
+        )]
+        .into_iter()
+        .chain([("source-rate", "--source-rate", self.source_rate.clone())])
+        .chain([("timeout", "--timeout", self.timeout.clone())])
+        .chain(
+            self.allow
+                .iter()
+                .map(|a| ("allow", "--allow", Some(a.clone()))),
+        )
+        .chain(
+            self.deny
+                .iter()
+                .map(|a| ("deny", "--deny", Some(a.clone()))),
+        );
         for (key, flag, value) in flags {
             if let Some(v) = value {
                 options::apply(&mut svc, key, &v).map_err(|m| usage(format!("{flag}: {m}")))?;

@@ -539,7 +539,10 @@ mod tests {
         let quick = Duration::from_millis(5);
         // Healthy handlers, however many, never pause.
         for i in 0..1000 {
-            assert_eq!(c.ended(&l, false, quick, t + Duration::from_millis(i)), None);
+            assert_eq!(
+                c.ended(&l, false, quick, t + Duration::from_millis(i)),
+                None
+            );
         }
         // Failures after a long life do not count either.
         for _ in 0..10 {
@@ -550,7 +553,8 @@ mod tests {
         // The first failure has left the window: still two.
         let t2 = t + Duration::from_secs(10);
         assert_eq!(c.ended(&l, true, quick, t2), None);
-        let p = c.ended(&l, true, quick, t2 + Duration::from_secs(1));
+        let t3 = t2 + Duration::from_millis(500);
+        let p = c.ended(&l, true, quick, t3);
         assert_eq!(
             p,
             Some((
@@ -558,11 +562,11 @@ mod tests {
                     max: 3,
                     window: Duration::from_secs(10)
                 },
-                t2 + Duration::from_secs(31)
+                t3 + Duration::from_secs(30)
             ))
         );
         // Counting starts over after a pause.
-        assert_eq!(c.ended(&l, true, quick, t2 + Duration::from_secs(31)), None);
+        assert_eq!(c.ended(&l, true, quick, t3 + Duration::from_secs(30)), None);
         let off = Limits {
             crash: None,
             ..Limits::default()

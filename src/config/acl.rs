@@ -159,7 +159,10 @@ mod tests {
         assert_eq!(h[0].to_string(), "::1/128");
         assert!(h[0].contains(ip("::1")));
         assert_eq!(parse("any").unwrap().len(), 2);
-        assert!(parse("any").unwrap().iter().any(|c| c.contains(ip("1.2.3.4"))));
+        assert!(parse("any")
+            .unwrap()
+            .iter()
+            .any(|c| c.contains(ip("1.2.3.4"))));
         assert!(parse("localhost")
             .unwrap()
             .iter()
@@ -175,7 +178,9 @@ mod tests {
         assert!(parse("10.0.0.0/33").unwrap_err().contains("prefix length"));
         assert!(parse("::/129").unwrap_err().contains("prefix length"));
         assert!(parse("10.0.0.0/+8").is_err());
-        assert!(parse("1.2.3.4.5").unwrap_err().contains("not an IP address"));
+        assert!(parse("1.2.3.4.5")
+            .unwrap_err()
+            .contains("not an IP address"));
         assert!(parse("").is_err());
     }
 

@@ -625,7 +625,10 @@ mod tests {
         assert_eq!(w.limits.rate.unwrap().max, 5);
         let w = parse_wait("nowait/2/30/1").unwrap();
         assert_eq!(w.limits.max_instances, Some(2));
-        assert_eq!(w.limits.source_rate.map(|b| (b.rate, b.burst)), Some((30, 30)));
+        assert_eq!(
+            w.limits.source_rate.map(|b| (b.rate, b.burst)),
+            Some((30, 30))
+        );
         assert_eq!(w.limits.max_per_source, Some(1));
         assert_eq!(w.limits.rate, Some(DEFAULT_RATE));
         let w = parse_wait("nowait/10,handover=fd3,fdname=web,message=a\\,b").unwrap();

@@ -433,7 +433,10 @@ pub struct Access {
 
 impl Access {
     pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty() && self.uids.is_empty() && self.gids.is_empty()
+        self.allow.is_empty()
+            && self.deny.is_empty()
+            && self.uids.is_empty()
+            && self.gids.is_empty()
     }
 }
 

@@ -75,8 +75,12 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
             let n = count(p[0], "rate")?;
             raw.limits.rate = (n > 0).then_some(Rate {
                 max: n,
-                interval: p.get(1).map_or(Ok(DEFAULT_RATE.interval), |s| secs(s, "rate interval", true))?,
-                pause: p.get(2).map_or(Ok(DEFAULT_RATE.pause), |s| secs(s, "rate pause", false))?,
+                interval: p.get(1).map_or(Ok(DEFAULT_RATE.interval), |s| {
+                    secs(s, "rate interval", true)
+                })?,
+                pause: p
+                    .get(2)
+                    .map_or(Ok(DEFAULT_RATE.pause), |s| secs(s, "rate pause", false))?,
             });
         }
         "source-rate" => {
@@ -91,9 +95,13 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
             }
             let rate = count(p[0], "source-rate")?;
             let interval = secs(p[1], "source-rate interval", true)?;
-            let burst = p.get(2).map_or(Ok(rate), |b| count(b, "source-rate burst"))?;
+            let burst = p
+                .get(2)
+                .map_or(Ok(rate), |b| count(b, "source-rate burst"))?;
             if rate == 0 || burst == 0 {
-                return Err(format!("source-rate={v:?}: rate and burst must be at least 1 (or source-rate=off)"));
+                return Err(format!(
+                    "source-rate={v:?}: rate and burst must be at least 1 (or source-rate=off)"
+                ));
             }
             raw.limits.source_rate = Some(Bucket {
                 rate,
@@ -104,7 +112,12 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
         "source-prefix" => {
             // source-prefix=V4LEN/V6LEN (default 32/64).
             let p = slashes(v, 2, "source-prefix=V4LEN/V6LEN")?;
-            let (a, b) = (p[0], p.get(1).copied().ok_or_else(|| format!("source-prefix={v:?}: expected V4LEN/V6LEN, e.g. 32/64"))?);
+            let (a, b) = (
+                p[0],
+                p.get(1).copied().ok_or_else(|| {
+                    format!("source-prefix={v:?}: expected V4LEN/V6LEN, e.g. 32/64")
+                })?,
+            );
             let four = count(a, "source-prefix").ok().filter(|&n| n <= 32);
             let six = count(b, "source-prefix").ok().filter(|&n| n <= 128);
             match (four, six) {
@@ -112,7 +125,11 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
                     raw.limits.prefix4 = f as u8;
                     raw.limits.prefix6 = s as u8;
                 }
-                _ => return Err(format!("source-prefix={v:?}: expected 0-32/0-128, e.g. 32/64")),
+                _ => {
+                    return Err(format!(
+                        "source-prefix={v:?}: expected 0-32/0-128, e.g. 32/64"
+                    ))
+                }
             }
         }
         "crash" => {
@@ -123,7 +140,9 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
             }
             let p = slashes(v, 4, "crash=N/WINDOW[/PAUSE[/LIFETIME]] or off")?;
             if p.len() < 2 {
-                return Err(format!("crash={v:?}: expected N/WINDOW[/PAUSE[/LIFETIME]] or off"));
+                return Err(format!(
+                    "crash={v:?}: expected N/WINDOW[/PAUSE[/LIFETIME]] or off"
+                ));
             }
             let max = count(p[0], "crash")?;
             if max == 0 {
@@ -132,12 +151,22 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
             raw.limits.crash = Some(Crash {
                 max,
                 window: secs(p[1], "crash window", true)?,
-                pause: p.get(2).map_or(Ok(DEFAULT_CRASH.pause), |s| secs(s, "crash pause", true))?,
-                lifetime: p.get(3).map_or(Ok(DEFAULT_CRASH.lifetime), |s| secs(s, "crash lifetime", true))?,
+                pause: p
+                    .get(2)
+                    .map_or(Ok(DEFAULT_CRASH.pause), |s| secs(s, "crash pause", true))?,
+                lifetime: p.get(3).map_or(Ok(DEFAULT_CRASH.lifetime), |s| {
+                    secs(s, "crash lifetime", true)
+                })?,
             });
         }
-        "allow" => add(&mut raw.allow, acl::parse(v).map_err(|m| format!("allow: {m}"))?),
-        "deny" => add(&mut raw.deny, acl::parse(v).map_err(|m| format!("deny: {m}"))?),
+        "allow" => add(
+            &mut raw.allow,
+            acl::parse(v).map_err(|m| format!("allow: {m}"))?,
+        ),
+        "deny" => add(
+            &mut raw.deny,
+            acl::parse(v).map_err(|m| format!("deny: {m}"))?,
+        ),
         "allow-uid" | "allow-gid" => {
             if v.is_empty() {
                 return Err(format!("{key}: expected a user or group name or number"));
@@ -152,9 +181,8 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
             }
         }
         "on-full" | "on-source" | "on-deny" | "on-paused" => {
-            let fate = Fate::parse(v).ok_or_else(|| {
-                format!("{key}={v:?}: expected queue, close, message or reset")
-            })?;
+            let fate = Fate::parse(v)
+                .ok_or_else(|| format!("{key}={v:?}: expected queue, close, message or reset"))?;
             let queue_ok = matches!(key, "on-full" | "on-paused");
             if fate == Fate::Queue && !queue_ok {
                 return Err(format!(
@@ -269,7 +297,11 @@ pub fn secs(s: &str, what: &str, positive: bool) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" | "min" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{what}: {s:?} is not a duration (N, Nms, Ns, Nm, Nh)")),
+        _ => {
+            return Err(format!(
+                "{what}: {s:?} is not a duration (N, Nms, Ns, Nm, Nh)"
+            ))
+        }
     };
     if positive && d.is_zero() {
         return Err(format!("{what}: must be more than 0"));
@@ -303,7 +335,11 @@ pub fn message(v: &str) -> Result<Vec<u8>, String> {
                 out.push(hex.ok_or_else(|| format!("message: \\x needs two hex digits in {v:?}"))?);
                 i += 2;
             }
-            _ => return Err(format!("message: unknown escape in {v:?} (known: \\n \\r \\t \\s \\, \\\\ \\xHH)")),
+            _ => {
+                return Err(format!(
+                    "message: unknown escape in {v:?} (known: \\n \\r \\t \\s \\, \\\\ \\xHH)"
+                ))
+            }
         }
     }
     if out.is_empty() || out.len() > MAX_MESSAGE {
@@ -340,7 +376,9 @@ fn rlimit(key: &str, resource: i32, v: &str) -> Result<Rlimit, String> {
             _ => (s, 1),
         };
         if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{key}={v:?}: expected N[K|M|G][:N[K|M|G]] or infinity"));
+            return Err(format!(
+                "{key}={v:?}: expected N[K|M|G][:N[K|M|G]] or infinity"
+            ));
         }
         num.parse::<u64>()
             .ok()
@@ -352,7 +390,9 @@ fn rlimit(key: &str, resource: i32, v: &str) -> Result<Rlimit, String> {
         None => (one(v)?, one(v)?),
     };
     if soft > hard {
-        return Err(format!("{key}={v:?}: the soft limit is above the hard limit"));
+        return Err(format!(
+            "{key}={v:?}: the soft limit is above the hard limit"
+        ));
     }
     Ok(Rlimit {
         resource,
@@ -411,7 +451,15 @@ mod tests {
         assert_eq!((b.rate, b.interval.as_secs(), b.burst), (4, 10, 8));
         assert_eq!((l.prefix4, l.prefix6), (24, 48));
         let c = l.crash.unwrap();
-        assert_eq!((c.max, c.window.as_secs(), c.pause.as_secs(), c.lifetime.as_secs()), (3, 5, 7, 1));
+        assert_eq!(
+            (
+                c.max,
+                c.window.as_secs(),
+                c.pause.as_secs(),
+                c.lifetime.as_secs()
+            ),
+            (3, 5, 7, 1)
+        );
         assert_eq!(r.allow.len(), 3);
         assert_eq!(r.deny.len(), 2);
         assert_eq!(r.allow_users, ["root"]);

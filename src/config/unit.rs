@@ -453,7 +453,9 @@ impl Builder {
                             }
                         }
                     }
-                    "X-Doorman-Options" => options::apply_words(&mut self.raw, v.split_whitespace())?,
+                    "X-Doorman-Options" => {
+                        options::apply_words(&mut self.raw, v.split_whitespace())?
+                    }
                     _ => {} // Accept, Service: read before
                 }
                 Ok(())

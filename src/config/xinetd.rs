@@ -1338,7 +1338,10 @@ fn build(
     // wins (as xinetd); an empty only_from lets no one in.
     let cidrs = |words: &[String]| -> Vec<Cidr> {
         let mut out = Vec::new();
-        for c in words.iter().flat_map(|w| xinetd_addr(w).unwrap_or_default()) {
+        for c in words
+            .iter()
+            .flat_map(|w| xinetd_addr(w).unwrap_or_default())
+        {
             if !out.contains(&c) {
                 out.push(c);
             }
@@ -1391,7 +1394,9 @@ fn xinetd_addr(word: &str) -> Result<Vec<Cidr>, String> {
     if let Ok(v4) = word.parse::<Ipv4Addr>() {
         let o = v4.octets();
         let zeros = o.iter().rev().take_while(|&&b| b == 0).count() as u8;
-        return Ok(vec![Cidr::new(v4.into(), 32 - 8 * zeros).expect("valid length")]);
+        return Ok(vec![
+            Cidr::new(v4.into(), 32 - 8 * zeros).expect("valid length")
+        ]);
     }
     acl::parse(word)
 }
@@ -1634,7 +1639,13 @@ mod tests {
         let shown: Vec<String> = s.allow.iter().map(|c| c.to_string()).collect();
         assert_eq!(
             shown,
-            ["127.0.0.1/32", "10.0.0.0/8", "192.168.1.1/32", "192.168.1.2/32", "::1/128"]
+            [
+                "127.0.0.1/32",
+                "10.0.0.0/8",
+                "192.168.1.1/32",
+                "192.168.1.2/32",
+                "::1/128"
+            ]
         );
         assert_eq!(s.deny[0].to_string(), "10.1.0.0/16");
         assert_eq!(s.refusal.message, b"go away\r\n");
@@ -1859,9 +1870,7 @@ service four
             assert_eq!(where_(&p), [(7, Some(attr))], "{line}");
         }
         // In defaults too, reported once at the defaults line.
-        let p = conf(&format!(
-            "defaults\n{{\nmax_load = 2\n}}\n{ECHO}{ECHO}"
-        ));
+        let p = conf(&format!("defaults\n{{\nmax_load = 2\n}}\n{ECHO}{ECHO}"));
         assert_eq!(where_(&p), [(3, Some("max_load"))]);
         // Unknown attributes, and service-only attributes in defaults.
         let p = p_err("colour = blue\n");

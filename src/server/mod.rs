@@ -26,8 +26,8 @@ use nix::sys::socket::{self, sockopt, SockaddrStorage};
 
 use crate::config::inetd::DEFAULT_RATE;
 use crate::config::{
-    self, Address, Endpoint, Fate, Handler, Loaded, Mode, Service, SockType, Sources, DEFAULT_GRACE,
-    MAX_MESSAGE,
+    self, Address, Endpoint, Fate, Handler, Loaded, Mode, Service, SockType, Sources,
+    DEFAULT_GRACE, MAX_MESSAGE,
 };
 use crate::error::Error;
 use crate::events::{emit, V};
@@ -476,7 +476,7 @@ impl Server {
                         ("pid", V::N(pid.into())),
                         ("peer", V::S(&c.peer)),
                         ("after_ms", V::N(age.as_millis() as i64)),
-                        ("signal", V::S("KILL")),
+                        ("signal", V::S("SIGKILL")),
                     ],
                 );
             }

@@ -26,7 +26,8 @@ fn check_lists_services_without_binding() {
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with(&format!("{port} listen=stream:tcp4:127.0.0.1:{port} mode=nowait handover=inetd user=nobody(65534)")), "{}", lines[0]);
     assert!(
-        lines[0].contains("max-child=4 max-child-per-ip=2 conn-per-ip-per-min=30 rate=256/60s"),
+        lines[0]
+            .contains("max-child=4 max-child-per-ip=2 source-rate=30/60s,burst=30 rate=256/60s"),
         "{}",
         lines[0]
     );

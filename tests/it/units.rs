@@ -320,7 +320,7 @@ fn unit_errors_name_file_line_and_directive() {
     let dir = TempDir::new();
     dir.write(
         "bad.socket",
-        "[Socket]\nListenStream=127.0.0.1:0\nAccept=maybe\nBindToDevice=eth0\nIPAddressDeny=any\n",
+        "[Socket]\nListenStream=127.0.0.1:0\nAccept=maybe\nBindToDevice=eth0\nIPAddressDeny=example.com\n",
         false,
     );
     dir.write(
@@ -336,7 +336,7 @@ fn unit_errors_name_file_line_and_directive() {
     for needle in [
         format!("{p}:3: Accept: \"maybe\" is not a boolean"),
         format!("{p}:4: BindToDevice: is not supported by doorman"),
-        format!("{p}:5: IPAddressDeny: access lists are not supported yet"),
+        format!("{p}:5: IPAddressDeny: \"example.com\": host names are not resolved"),
         format!("{s}:2: ExecStart: \"relative/path\" is not an absolute path"),
         format!("{s}:3: Nice: expected -20 to 19"),
     ] {

@@ -129,13 +129,13 @@ fn unsupported_attribute_is_an_error_naming_it() {
     let dir = TempDir::new();
     let f = dir.write(
         "x.conf",
-        "service echo\n{\n    socket_type = stream\n    wait = no\n    user = root\n    server = /bin/cat\n    only_from = 127.0.0.1\n}\n",
+        "service echo\n{\n    socket_type = stream\n    wait = no\n    user = root\n    server = /bin/cat\n    max_load = 2.5\n}\n",
         false,
     );
     let (code, _, err) = run(&["--check", "-f", f.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(&format!("{}:7: only_from:", f.display())),
+        err.contains(&format!("{}:7: max_load:", f.display())),
         "{err}"
     );
     assert!(err.contains("not supported yet"), "{err}");
