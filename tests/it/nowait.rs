@@ -583,6 +583,11 @@ fn idle_doorman_sleeps_without_timeout() {
     // no timeout and make no other system call while idle.
     assert_eq!(talk(d.addr(0), b""), "ok\n");
     assert!(d.log.wait_for(&["exit service="], DEADLINE).is_some());
+    // The service has a timeout: its handler's deadline must not outlive
+    // it. A SIGUSR1 completes one more epoll_wait, whose timeout shows.
+    std::thread::sleep(Duration::from_millis(200));
+    d.signal(libc::SIGUSR1);
+    assert!(d.log.wait_for(&["state service="], DEADLINE).is_some());
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: signalling the strace we started, by pid.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
