@@ -1391,6 +1391,10 @@ fn xinetd_addr(word: &str) -> Result<Vec<Cidr>, String> {
         }
         return Ok(out);
     }
+    if word == "0.0.0.0" {
+        // xinetd: every client, IPv6 ones included.
+        return acl::parse("any");
+    }
     if let Ok(v4) = word.parse::<Ipv4Addr>() {
         let o = v4.octets();
         let zeros = o.iter().rev().take_while(|&&b| b == 0).count() as u8;
@@ -1656,7 +1660,8 @@ mod tests {
         let s = &p_err("only_from =\n").services[0];
         assert!(s.allow.is_empty() && s.deny.len() == 2);
         let s = &p_err("only_from = 0.0.0.0\n").services[0];
-        assert_eq!(s.allow[0].len, 0);
+        assert_eq!(s.allow.len(), 2, "IPv4 and IPv6: everyone");
+        assert!(s.allow.iter().all(|c| c.len == 0));
     }
 
     #[test]
