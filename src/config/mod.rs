@@ -7,6 +7,7 @@
 //! which syntax a service came from.
 
 pub mod inetd;
+pub mod passwd;
 pub mod resolve;
 pub mod unit;
 pub mod xinetd;
