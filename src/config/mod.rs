@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod inetd;
 pub mod options;
+pub mod passwd;
 pub mod resolve;
 pub mod unit;
 pub mod xinetd;

@@ -9,9 +9,8 @@ use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{Gid, Group, Uid, User};
-
 use super::inetd::{Family, RawBind, RawService};
+use super::passwd;
 use super::{Access, Address, Creds, Endpoint, Handler, Mode, Service, SockType, UnixPerms};
 use crate::error::ConfigError;
 
@@ -474,18 +473,21 @@ fn resolve_host(host: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 /// User (name or number), optional group (name or number), and the
-/// supplementary group list as `initgroups` would set it.
+/// supplementary group list as `initgroups` would set it. Lookups go
+/// through [`passwd`] (NSS, or the files in a static build).
 fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str, String)> {
-    let pw = if user.bytes().all(|b| b.is_ascii_digit()) {
+    let numeric = user.bytes().all(|b| b.is_ascii_digit());
+    let pw = if numeric {
         let uid: u32 = user
             .parse()
             .map_err(|_| ("user", format!("uid {user} is out of range")))?;
-        User::from_uid(Uid::from_raw(uid)).ok().flatten()
+        passwd::user_by_uid(uid)
     } else {
-        User::from_name(user).ok().flatten()
-    };
+        passwd::user_by_name(user)
+    }
+    .map_err(|m| ("user", m))?;
     let Some(pw) = pw else {
-        if user.bytes().all(|b| b.is_ascii_digit()) {
+        if numeric {
             // A bare uid with no passwd entry: allowed (containers), with
             // its own number as group unless one is given.
             let uid: u32 = user.parse().expect("checked digits");
@@ -500,24 +502,19 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
                 groups: vec![gid],
             });
         }
-        return Err(("user", format!("unknown user {user:?}")));
+        return Err((
+            "user",
+            format!("unknown user {user:?}{}", passwd::user_note()),
+        ));
     };
     let gid = match group {
         Some(g) => resolve_group(g)?,
-        None => pw.gid.as_raw(),
+        None => pw.gid,
     };
-    let cname = CString::new(pw.name.as_str()).map_err(|_| ("user", "NUL in user name".into()))?;
-    let groups = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid)).map_err(|e| {
-        (
-            "user",
-            format!("cannot list the groups of {user:?}: {}", e.desc()),
-        )
-    })?;
-    let mut groups: Vec<u32> = groups.into_iter().map(Gid::as_raw).collect();
-    groups.dedup();
+    let groups = passwd::groups_of(&pw.name, gid).map_err(|m| ("user", m))?;
     Ok(Creds {
         user: pw.name,
-        uid: pw.uid.as_raw(),
+        uid: pw.uid,
         gid,
         groups,
     })
@@ -525,27 +522,33 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
 
 /// A user name or number, for a socket file's owner.
 fn resolve_uid(user: &str) -> Result<u32, String> {
-    if let Ok(Some(u)) = User::from_name(user) {
-        return Ok(u.uid.as_raw());
+    if let Some(u) = passwd::user_by_name(user)? {
+        return Ok(u.uid);
     }
     if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) {
         return user
             .parse()
             .map_err(|_| format!("uid {user} is out of range"));
     }
-    Err(format!("unknown user {user:?} for the socket's owner"))
+    Err(format!(
+        "unknown user {user:?} for the socket's owner{}",
+        passwd::user_note()
+    ))
 }
 
 fn resolve_group(group: &str) -> Result<u32, (&'static str, String)> {
-    if let Ok(Some(g)) = Group::from_name(group) {
-        return Ok(g.gid.as_raw());
+    if let Some(gid) = passwd::group_by_name(group).map_err(|m| ("group", m))? {
+        return Ok(gid);
     }
     if !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()) {
         return group
             .parse()
             .map_err(|_| ("group", format!("gid {group} is out of range")));
     }
-    Err(("group", format!("unknown group {group:?}")))
+    Err((
+        "group",
+        format!("unknown group {group:?}{}", passwd::group_note()),
+    ))
 }
 
 /// Absolute paths stay as they are; with `search_path`, a bare name is

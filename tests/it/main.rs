@@ -6,6 +6,7 @@ mod cli;
 mod examples;
 mod lifecycle;
 mod nowait;
+mod package;
 mod protect;
 mod units;
 mod unix;
