@@ -212,7 +212,11 @@ mod tests {
         // Every truncation of a valid header is incomplete, never wrong.
         let full = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n";
         for n in 0..full.len() {
-            assert_eq!(parse(&full[..n], ProxyVersion::Any), Ok(Header::Incomplete), "{n}");
+            assert_eq!(
+                parse(&full[..n], ProxyVersion::Any),
+                Ok(Header::Incomplete),
+                "{n}"
+            );
         }
         for bad in [
             &b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\n"[..],
@@ -225,7 +229,9 @@ mod tests {
             assert!(parse(bad, ProxyVersion::V1).is_err(), "{bad:?}");
         }
         let long = [b"PROXY ".to_vec(), vec![b'x'; 200]].concat();
-        assert!(parse(&long, ProxyVersion::V1).unwrap_err().contains("longer"));
+        assert!(parse(&long, ProxyVersion::V1)
+            .unwrap_err()
+            .contains("longer"));
         // v1 is not v2.
         assert!(parse(full, ProxyVersion::V2).is_err());
     }
@@ -267,7 +273,11 @@ mod tests {
         );
         let full = v2(1, 0x11, &body);
         for n in 0..full.len() {
-            assert_eq!(parse(&full[..n], ProxyVersion::V2), Ok(Header::Incomplete), "{n}");
+            assert_eq!(
+                parse(&full[..n], ProxyVersion::V2),
+                Ok(Header::Incomplete),
+                "{n}"
+            );
         }
         assert!(parse(&v2(1, 0x11, &inet[..8]), ProxyVersion::V2).is_err());
         assert!(parse(&v2(1, 0x21, &inet), ProxyVersion::V2).is_err());
@@ -275,7 +285,9 @@ mod tests {
         assert!(parse(&v2(1, 0x51, &inet), ProxyVersion::V2).is_err());
         let mut huge = v2(1, 0x11, &inet);
         huge[14..16].copy_from_slice(&60000u16.to_be_bytes());
-        assert!(parse(&huge, ProxyVersion::V2).unwrap_err().contains("longer"));
+        assert!(parse(&huge, ProxyVersion::V2)
+            .unwrap_err()
+            .contains("longer"));
         let mut v3 = full.clone();
         v3[12] = 0x31;
         assert!(parse(&v3, ProxyVersion::V2).is_err());

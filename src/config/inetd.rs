@@ -385,10 +385,16 @@ fn parse_line(
                 None => (false, sub),
             };
             if sub.is_empty() || !sub.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(err("service", format!("{name:?}: expected tcpmux/NAME or tcpmux/+NAME")));
+                return Err(err(
+                    "service",
+                    format!("{name:?}: expected tcpmux/NAME or tcpmux/+NAME"),
+                ));
             }
             if sock_type != SockType::Stream || transport != "tcp" {
-                return Err(err("service", format!("{name:?}: tcpmux services are stream tcp")));
+                return Err(err(
+                    "service",
+                    format!("{name:?}: tcpmux services are stream tcp"),
+                ));
             }
             tcpmux = Some((sub.to_string(), plus));
         }
@@ -414,7 +420,10 @@ fn parse_line(
     let program = fields[5];
     let internal = program == "internal";
     if internal && transport == "unix" {
-        return Err(err("server_program", "internal services are served over tcp and udp".into()));
+        return Err(err(
+            "server_program",
+            "internal services are served over tcp and udp".into(),
+        ));
     }
     if !internal && !program.starts_with('/') {
         return Err(err(
@@ -430,7 +439,11 @@ fn parse_line(
     };
 
     let mut svc = RawService::new(origin.clone(), &name, sock_type, wait.mode);
-    svc.binds = if tcpmux.is_some() { Vec::new() } else { vec![bind] };
+    svc.binds = if tcpmux.is_some() {
+        Vec::new()
+    } else {
+        vec![bind]
+    };
     svc.tcpmux = tcpmux;
     svc.internal = internal;
     svc.sndbuf = sndbuf;
@@ -719,7 +732,9 @@ mod tests {
             :a:b:999:/x stream unix nowait root /bin/cat cat\n\
             :a:b:/x stream unix nowait root /bin/cat cat\n");
         assert_eq!(p.errors.len(), 6, "{:?}", p.errors);
-        assert!(p.errors[0].message.contains("unix dgram services must be wait"));
+        assert!(p.errors[0]
+            .message
+            .contains("unix dgram services must be wait"));
         // UDP nowait: one handler per peer; tcpmux services have no bind.
         let p = one("x dgram udp nowait root /bin/cat cat\ntcpmux/+hello stream tcp nowait root /bin/cat cat\n");
         assert!(p.errors.is_empty(), "{:?}", p.errors);

@@ -794,7 +794,11 @@ impl fmt::Display for Service {
                     ProxyVersion::Any => "any",
                 },
                 t.join(","),
-                if p.optional { " proxy-optional=yes" } else { "" }
+                if p.optional {
+                    " proxy-optional=yes"
+                } else {
+                    ""
+                }
             )?;
         }
         if let Some((name, plus)) = &self.tcpmux {

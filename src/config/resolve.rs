@@ -119,7 +119,11 @@ impl Resolver {
             None
         };
         if internal == Some(Internal::Tcpmux) && raw.sock_type != SockType::Stream {
-            errors.push(ConfigError::new(origin, Some("socket_type"), "tcpmux is a stream service"));
+            errors.push(ConfigError::new(
+                origin,
+                Some("socket_type"),
+                "tcpmux is a stream service",
+            ));
         }
         if raw.tcpmux.is_some() && (raw.internal || raw.mode != Mode::Accept) {
             errors.push(ConfigError::new(

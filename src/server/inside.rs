@@ -231,7 +231,14 @@ impl Server {
         let cap = rt.svc.limits.max_instances.unwrap_or(INSIDE_MAX);
         if rt.counters.running() > cap {
             rt.counters.release(tracked);
-            return self.refuse(s, conn, Reason::Instances { max: cap }, tracked, &shown, now);
+            return self.refuse(
+                s,
+                conn,
+                Reason::Instances { max: cap },
+                tracked,
+                &shown,
+                now,
+            );
         }
         emit(
             Level::Info,
@@ -376,7 +383,11 @@ impl Server {
         };
         let fd = c.fd.as_raw_fd();
         let mut buf = [0u8; proto::TCPMUX_MAX];
-        let n = match socket::recv(fd, &mut buf, socket::MsgFlags::MSG_PEEK | socket::MsgFlags::MSG_DONTWAIT) {
+        let n = match socket::recv(
+            fd,
+            &mut buf,
+            socket::MsgFlags::MSG_PEEK | socket::MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(0) => return self.inside_close(slot, "eof"),
             Ok(n) => n,
             Err(e) if is_wouldblock(e) => return,
@@ -427,7 +438,12 @@ impl Server {
                     rt.counters.release(c.source);
                 }
                 let _ = set_nonblocking(raw, false);
-                if self.services[t].svc.tcpmux.as_ref().is_some_and(|(_, plus)| *plus) {
+                if self.services[t]
+                    .svc
+                    .tcpmux
+                    .as_ref()
+                    .is_some_and(|(_, plus)| *plus)
+                {
                     let _ = socket::send(raw, b"+Go\r\n", SEND);
                 }
                 let source = match &c.peer {
@@ -490,7 +506,8 @@ impl Server {
                 IpAddr::V4(a) => a.is_broadcast() || a.is_multicast() || a.is_unspecified(),
                 IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
             };
-            let reason = if from.port() < 1024 || internal_ports.contains(&from.port()) || broadcast {
+            let reason = if from.port() < 1024 || internal_ports.contains(&from.port()) || broadcast
+            {
                 Some(Reason::Loop)
             } else if !policy::allowed(&rt.svc.access, ip) {
                 Some(Reason::Denied)
@@ -511,7 +528,12 @@ impl Server {
             };
             let rt = &mut self.services[s];
             if let Some(r) = reason {
-                *self.metrics.service(&rt.label).refused.entry(r.key()).or_default() += 1;
+                *self
+                    .metrics
+                    .service(&rt.label)
+                    .refused
+                    .entry(r.key())
+                    .or_default() += 1;
                 if rt.counters.should_log(key, now).is_some() {
                     emit(
                         Level::Info,
@@ -556,7 +578,14 @@ impl Server {
     }
 
     /// A connection from a trusted proxy: wait (bounded) for its header.
-    pub(super) fn proxy_start(&mut self, s: usize, conn: OwnedFd, peer: Peer, shown: String, now: Instant) {
+    pub(super) fn proxy_start(
+        &mut self,
+        s: usize,
+        conn: OwnedFd,
+        peer: Peer,
+        shown: String,
+        now: Instant,
+    ) {
         let fd = conn.as_raw_fd();
         let _ = set_nonblocking(fd, true);
         let slot = self.inside.pending.insert(Pending {
@@ -567,16 +596,18 @@ impl Server {
             deadline: now + PROXY_TIMEOUT,
         });
         let token = PENDING_BASE + slot;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
         {
             error!("register PROXY connection: {e}");
             self.inside.pending.remove(slot);
             return;
         }
-        self.inside.timers.push(Reverse((now + PROXY_TIMEOUT, token)));
+        self.inside
+            .timers
+            .push(Reverse((now + PROXY_TIMEOUT, token)));
         self.proxy_event(slot);
     }
 
@@ -593,9 +624,16 @@ impl Server {
             None => return self.proxy_drop(slot, None),
         };
         let mut buf = [0u8; proxy::MAX];
-        let n = match socket::recv(fd, &mut buf, socket::MsgFlags::MSG_PEEK | socket::MsgFlags::MSG_DONTWAIT) {
+        let n = match socket::recv(
+            fd,
+            &mut buf,
+            socket::MsgFlags::MSG_PEEK | socket::MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(0) => {
-                debug!("{}: the proxy closed before its header", self.services[s].label);
+                debug!(
+                    "{}: the proxy closed before its header",
+                    self.services[s].label
+                );
                 return self.proxy_drop(slot, None);
             }
             Ok(n) => n,
@@ -647,11 +685,19 @@ impl Server {
         };
         let raw = p.fd.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        // Read away what was peeked, so that closing is a FIN, not a reset.
+        let mut sink = [0u8; proxy::MAX];
+        let _ = socket::recv(raw, &mut sink, socket::MsgFlags::MSG_DONTWAIT);
         let Some(why) = why else { return };
         let Some(rt) = self.services.get_mut(p.service) else {
             return;
         };
-        *self.metrics.service(&rt.label).refused.entry("proxy").or_default() += 1;
+        *self
+            .metrics
+            .service(&rt.label)
+            .refused
+            .entry("proxy")
+            .or_default() += 1;
         let key = match &p.peer {
             Peer::Tcp { remote, .. } => Some(remote.ip()),
             _ => None,
@@ -693,7 +739,9 @@ impl Server {
             };
             if let Some(&slot) = self.inside.by_peer.get(&(li, from)) {
                 if let Some(sess) = self.inside.sessions.get(slot) {
-                    if let Err(e) = socket::send(sess.fd.as_raw_fd(), &self.inside.scratch[..n], SEND) {
+                    if let Err(e) =
+                        socket::send(sess.fd.as_raw_fd(), &self.inside.scratch[..n], SEND)
+                    {
                         debug!("session {from}: datagram dropped: {}", e.desc());
                     }
                 }
@@ -732,7 +780,12 @@ impl Server {
         };
         let rt = &mut self.services[s];
         if let Some(r) = refused {
-            *self.metrics.service(&rt.label).refused.entry(r.key()).or_default() += 1;
+            *self
+                .metrics
+                .service(&rt.label)
+                .refused
+                .entry(r.key())
+                .or_default() += 1;
             if let Some(quiet) = rt.counters.should_log(key, now) {
                 let mut fields = vec![
                     ("service", V::S(&rt.label)),
@@ -900,7 +953,10 @@ impl Server {
             }
             if tok >= PENDING_BASE {
                 let slot = tok - PENDING_BASE;
-                self.proxy_drop(slot, Some(format!("no header within {}s", PROXY_TIMEOUT.as_secs())));
+                self.proxy_drop(
+                    slot,
+                    Some(format!("no header within {}s", PROXY_TIMEOUT.as_secs())),
+                );
             } else {
                 self.inside_close(tok - INSIDE_BASE, "timeout");
             }

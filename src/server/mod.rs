@@ -551,7 +551,9 @@ impl Server {
         // Datagram services served in the loop (internal ones, per-peer
         // sessions) are always read: existing sessions' datagrams arrive
         // there too; new peers over a limit are dropped one by one.
-        if l.sock_type == SockType::Dgram && (rt.svc.internal().is_some() || rt.svc.mode == Mode::Accept) {
+        if l.sock_type == SockType::Dgram
+            && (rt.svc.internal().is_some() || rt.svc.mode == Mode::Accept)
+        {
             return !(rt.paused_until.is_some() && rt.svc.internal().is_some());
         }
         if self.emfile_until.is_some() || self.global_full {
