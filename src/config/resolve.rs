@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use super::inetd::{Family, RawBind, RawService};
 use super::passwd;
-use super::{Access, Address, Creds, Endpoint, Handler, Mode, Service, SockType, UnixPerms};
+use super::{
+    Access, Address, Creds, Endpoint, Handler, Internal, Mode, ProxySpec, Service, SockType,
+    UnixPerms,
+};
 use crate::error::ConfigError;
 
 /// The listen backlog when none is configured (what systemd uses).
@@ -97,14 +100,75 @@ impl Resolver {
             }
         };
 
-        let program = match resolve_program(&raw.program, raw.search_path) {
-            Ok(p) => p,
-            Err(m) => {
-                errors.push(ConfigError::new(origin, Some("server_program"), m));
-                PathBuf::new()
+        let internal = if raw.internal {
+            // The kind: the word after `internal`, or the service's name.
+            let kind = raw.argv.first().map_or(raw.name.as_str(), String::as_str);
+            match Internal::from_name(kind) {
+                Some(i) => Some(i),
+                None => {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("server_program"),
+                        format!("no internal service {kind:?} (known: echo, discard, chargen, daytime, time, tcpmux)"),
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if internal == Some(Internal::Tcpmux) && raw.sock_type != SockType::Stream {
+            errors.push(ConfigError::new(
+                origin,
+                Some("socket_type"),
+                "tcpmux is a stream service",
+            ));
+        }
+        if raw.tcpmux.is_some() && (raw.internal || raw.mode != Mode::Accept) {
+            errors.push(ConfigError::new(
+                origin,
+                Some("service"),
+                "a tcpmux/NAME service runs a program per connection (nowait)",
+            ));
+        }
+        let proxy = match raw.proxy {
+            None => None,
+            Some(version) => {
+                let inet_stream = raw.sock_type == SockType::Stream
+                    && raw.binds.iter().all(|b| matches!(b, RawBind::Inet { .. }));
+                if !inet_stream || raw.mode != Mode::Accept {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("proxy-protocol"),
+                        "the PROXY protocol is read on nowait TCP services only",
+                    ));
+                }
+                if raw.proxy_from.is_empty() {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("proxy-protocol"),
+                        "name the proxies to trust with proxy-from= (an address, a prefix, or any)",
+                    ));
+                }
+                Some(ProxySpec {
+                    version,
+                    trusted: raw.proxy_from.clone(),
+                    optional: raw.proxy_optional,
+                })
             }
         };
-        if errors.is_empty() && !is_executable(&program) {
+        let program = if raw.internal {
+            PathBuf::new()
+        } else {
+            match resolve_program(&raw.program, raw.search_path) {
+                Ok(p) => p,
+                Err(m) => {
+                    errors.push(ConfigError::new(origin, Some("server_program"), m));
+                    PathBuf::new()
+                }
+            }
+        };
+        if errors.is_empty() && !raw.internal && !is_executable(&program) {
             warnings.push(format!(
                 "{origin}: {}: {} is not an executable file (yet); connections will fail until it is",
                 raw.name,
@@ -228,13 +292,16 @@ impl Resolver {
             endpoints,
             mode: raw.mode,
             handover: raw.handover,
-            handler: Handler::Exec {
-                program: if raw.expand_env {
-                    program_path
-                } else {
-                    program
+            handler: match internal {
+                Some(i) => Handler::Internal(i),
+                None => Handler::Exec {
+                    program: if raw.expand_env {
+                        program_path
+                    } else {
+                        program
+                    },
+                    argv,
                 },
-                argv,
             },
             creds,
             limits: raw.limits,
@@ -244,6 +311,8 @@ impl Resolver {
             stop: raw.stop,
             access,
             refusal: raw.refusal.clone(),
+            tcpmux: raw.tcpmux.clone(),
+            proxy,
         };
         Ok((svc, warnings))
     }

@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod examples;
+mod inside;
 mod lifecycle;
 mod nowait;
 mod package;

@@ -13,7 +13,7 @@ use crate::util::*;
 
 /// Connects to `dst` from the local address `src` (any of 127.0.0.0/8
 /// reaches a loopback listener), with read and write deadlines.
-fn connect_from(src: IpAddr, dst: SocketAddr) -> TcpStream {
+pub fn connect_from(src: IpAddr, dst: SocketAddr) -> TcpStream {
     let IpAddr::V4(src) = src else {
         panic!("IPv4 sources only")
     };
