@@ -13,6 +13,9 @@ pub mod resolve;
 pub mod unit;
 pub mod xinetd;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::ffi::CString;
 use std::fmt;
 use std::net::SocketAddr;

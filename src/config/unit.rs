@@ -187,6 +187,12 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
     };
     let service_path = path.with_file_name(&service_file);
     let Some(service) = read_unit(&service_path, &mut out.errors) else {
+        // A service file named by `Service=` that cannot be read is that
+        // line's error (file:line), not one of a file without lines.
+        if let (Some(a), Some(e)) = (last(&socket, "Socket", "Service"), out.errors.pop()) {
+            let msg = format!("cannot read {}: {}", service_path.display(), e.message);
+            out.errors.push(err(a, msg));
+        }
         return out;
     };
     let mut b = Builder {
@@ -682,7 +688,7 @@ impl Builder {
         self.handover(stdin, stdout, stderr);
         match exec.as_slice() {
             [] => self.errors.push(ConfigError::new(
-                &Origin::new(PathBuf::from(&self.service_file), 0),
+                &Origin::new(self.raw.origin.file.with_file_name(&self.service_file), 0),
                 Some("ExecStart"),
                 "no ExecStart= in the service",
             )),
@@ -1036,7 +1042,14 @@ pub fn parse_timespan(v: &str) -> Result<Option<Duration>, String> {
             "d" | "day" | "days" => 86400.0,
             _ => return Err(format!("unknown time unit {unit:?}")),
         };
-        total += Duration::from_secs_f64(n * secs);
+        // systemd's range: a 64-bit count of microseconds. Anything longer
+        // (or a number no float holds) is an error, not a panic here or a
+        // deadline past what `Instant` can hold in the loop.
+        total = Duration::try_from_secs_f64(n * secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| t.as_micros() < u128::from(u64::MAX))
+            .ok_or_else(|| format!("{v:?} is too long (say infinity)"))?;
     }
     Ok(Some(total))
 }
