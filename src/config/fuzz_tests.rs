@@ -633,7 +633,7 @@ fn unit_lines() -> impl Strategy<Value = Vec<String>> {
 }
 
 proptest! {
-    #![proptest_config(cases(48))]
+    #![proptest_config(cases(256))]
 
     /// Arbitrary bytes (invalid UTF-8 replaced, as the readers refuse it
     /// earlier with its line) into every whole-file parser.
@@ -817,7 +817,7 @@ fn listing(path: &Path) -> Result<Vec<String>, String> {
 }
 
 proptest! {
-    #![proptest_config(cases(32))]
+    #![proptest_config(cases(64))]
 
     /// A valid file loads as exactly its services, in order, and spacing
     /// and comments change nothing in the listing.
@@ -935,4 +935,34 @@ fn a_service_without_exec_start_names_its_full_path() {
     let p = unit::parse_socket_unit(&sock);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     assert_eq!(p.errors[0].origin.file, svc, "{}", p.errors[0]);
+}
+
+#[test]
+fn endless_files_are_errors_not_allocations() {
+    // `-f /dev/zero`, an `include` of it, a unit or drop-in that is a
+    // device: each read stops at MAX_FILE (found by review of the readers
+    // while writing these targets; each used to read until memory ran out).
+    let zero = Path::new("/dev/zero");
+    let e = super::read_file(zero).unwrap_err();
+    assert!(e.to_string().contains("larger than 16 MiB"), "{e}");
+    let dir = Scratch::new("zero");
+    let conf = dir.write("x.conf", b"include /dev/zero\nservice a\n{\n}\n");
+    let p = xinetd::parse(
+        &conf,
+        &String::from_utf8_lossy(&std::fs::read(&conf).unwrap()),
+    );
+    assert!(
+        p.errors
+            .iter()
+            .any(|e| e.origin.line == 1 && e.message.contains("larger than 16 MiB")),
+        "{:?}",
+        p.errors
+    );
+    std::os::unix::fs::symlink(zero, dir.0.join("z.socket")).unwrap();
+    let p = unit::parse_socket_unit(&dir.0.join("z.socket"));
+    assert!(
+        p.errors[0].message.contains("larger than 16 MiB"),
+        "{:?}",
+        p.errors
+    );
 }

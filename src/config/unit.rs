@@ -33,7 +33,7 @@ struct Assignment {
 
 /// Reads a unit file and its drop-ins (`FILE.d/*.conf`, in name order).
 fn read_unit(path: &Path, errors: &mut Vec<ConfigError>) -> Option<Vec<Assignment>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match super::read_text_bounded(path) {
         Ok(t) => t,
         Err(e) => {
             errors.push(ConfigError::new(&Origin::new(path, 0), None, e.to_string()));
@@ -50,7 +50,7 @@ fn read_unit(path: &Path, errors: &mut Vec<ConfigError>) -> Option<Vec<Assignmen
             .collect();
         files.sort();
         for f in files {
-            match std::fs::read_to_string(&f) {
+            match super::read_text_bounded(&f) {
                 Ok(t) => out.extend(parse_ini(&f, &t, errors)),
                 Err(e) => errors.push(ConfigError::new(&Origin::new(&f, 0), None, e.to_string())),
             }
