@@ -966,3 +966,14 @@ fn endless_files_are_errors_not_allocations() {
         p.errors
     );
 }
+
+#[test]
+fn a_missing_paired_service_file_is_still_an_error() {
+    // The negative control of the test above: without Service=, the
+    // missing NAME.service is reported at that file.
+    let dir = Scratch::new("lone");
+    let sock = dir.write("lone.socket", b"[Socket]\nListenStream=127.0.0.1:0\n");
+    let p = unit::parse_socket_unit(&sock);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    assert_eq!(p.errors[0].origin.file, dir.0.join("lone.service"));
+}

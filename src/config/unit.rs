@@ -189,9 +189,11 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
     let Some(service) = read_unit(&service_path, &mut out.errors) else {
         // A service file named by `Service=` that cannot be read is that
         // line's error (file:line), not one of a file without lines.
-        if let (Some(a), Some(e)) = (last(&socket, "Socket", "Service"), out.errors.pop()) {
-            let msg = format!("cannot read {}: {}", service_path.display(), e.message);
-            out.errors.push(err(a, msg));
+        if let Some(a) = last(&socket, "Socket", "Service") {
+            if let Some(e) = out.errors.pop() {
+                let msg = format!("cannot read {}: {}", service_path.display(), e.message);
+                out.errors.push(err(a, msg));
+            }
         }
         return out;
     };
