@@ -17,6 +17,13 @@
 //!   the target's own property. A PROXY protocol header parser is one more
 //!   entry here.
 //!
+//! cargo-fuzz: not set up. Its targets link against a library crate and
+//! doorman is a binary crate only; a `src/lib.rs` would move the module
+//! tree that other work is editing. The two tables below are the fuzz
+//! entry points: a `fuzz_target!` per entry is all a later lib target
+//! needs. Meanwhile a longer run is `PROPTEST_CASES=20000 cargo test
+//! --bin doorman -- fuzz_tests props`.
+//!
 //! Bounded: each property runs a fixed number of cases (`PROPTEST_CASES`
 //! overrides it, for a longer local run), all together well under a minute
 //! in a debug build on two cores. Failures are not persisted to files; a
