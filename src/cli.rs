@@ -41,7 +41,7 @@ pub struct Args {
     #[argh(switch)]
     pub wait: bool,
 
-    /// with --listen: stream (the default), dgram (UDP or unix datagrams; needs --wait) or seqpacket (unix only)
+    /// with --listen: stream (the default), dgram (UDP: one handler per peer, or with --wait one for all; unix datagrams need --wait) or seqpacket (unix only)
     #[argh(option)]
     pub socket_type: Option<String>,
 
@@ -309,12 +309,7 @@ impl Args {
             }
         };
         let mode = if self.wait { Mode::Wait } else { Mode::Accept };
-        if sock_type == SockType::Dgram && mode == Mode::Accept {
-            return Err(usage(
-                "--socket-type dgram needs --wait (one handler per UDP peer is not supported yet)"
-                    .into(),
-            ));
-        }
+
         let (sock_owner, sock_group) = match &self.socket_owner {
             Some(o) => match o.split_once(':') {
                 Some((u, g)) if !u.is_empty() && !g.is_empty() => {
@@ -338,6 +333,7 @@ impl Args {
             ),
             None => None,
         };
+        let mode_is_accept = mode == Mode::Accept;
         let mut binds = Vec::new();
         for l in &self.listen {
             let mut bind = inetd::parse_listen(l).map_err(usage)?;
@@ -345,6 +341,11 @@ impl Args {
                 RawBind::Unix {
                     owner, group, mode, ..
                 } => {
+                    if sock_type == SockType::Dgram && mode_is_accept {
+                        return Err(usage(format!(
+                            "--listen {l}: unix datagram services need --wait (a unix datagram client may have no address to answer)"
+                        )));
+                    }
                     *owner = owner.take().or(sock_owner.clone());
                     *group = group.take().or(sock_group.clone());
                     *mode = mode.or(sock_mode);

@@ -42,6 +42,11 @@ pub enum Reason {
     Paused,
     /// `max` handlers failed soon after starting within `window`.
     Crash { max: u32, window: Duration },
+    /// Not from a trusted proxy, or no valid PROXY header.
+    Proxy,
+    /// A UDP request to an internal service from a privileged port, an
+    /// internal service's port or a broadcast address (loop protection).
+    Loop,
 }
 
 impl Reason {
@@ -55,6 +60,8 @@ impl Reason {
             Reason::Denied => "access",
             Reason::Paused => "paused",
             Reason::Crash { .. } => "crash-loop",
+            Reason::Proxy => "proxy",
+            Reason::Loop => "loop",
         }
     }
 
@@ -93,6 +100,11 @@ impl fmt::Display for Reason {
                 f,
                 "crash-loop: {max} handlers failed soon after starting within {}s",
                 window.as_secs_f64()
+            ),
+            Reason::Proxy => write!(f, "proxy: not a trusted proxy"),
+            Reason::Loop => write!(
+                f,
+                "loop: from a privileged port, an internal service's port or a broadcast address"
             ),
         }
     }

@@ -33,6 +33,8 @@ pub struct Child {
     pub deadline: Option<Instant>,
     /// The stop signal was sent because the handler ran over its time.
     pub timed_out: bool,
+    /// The UDP session (`dgram nowait`) this handler serves.
+    pub session: Option<usize>,
 }
 
 /// The listeners a `wait` handler holds, and what woke it.

@@ -289,11 +289,32 @@ fn value_env_file(b: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The PROXY header: any bytes, any prefix of them, any version: never a
+/// panic, and a whole header is never longer than what was given nor than
+/// the bound.
+fn value_proxy(b: &[u8]) -> Result<(), TestCaseError> {
+    use crate::config::ProxyVersion;
+    use crate::proxy::{self, Header};
+    // Also behind each signature, so that the parsers' insides are reached.
+    let v1 = [b"PROXY ".as_slice(), b].concat();
+    let v2 = [proxy::V2_SIG.as_slice(), b].concat();
+    for buf in [b, &v1[..], &v2[..]] {
+        for cut in [buf.len(), buf.len() / 2, buf.len().min(16)] {
+            for v in [ProxyVersion::V1, ProxyVersion::V2, ProxyVersion::Any] {
+                if let Ok(Header::Done { len, .. }) = proxy::parse(&buf[..cut], v) {
+                    prop_assert!(len <= cut && len <= proxy::MAX);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 type ValueTarget = fn(&[u8]) -> Result<(), TestCaseError>;
 
-/// Every parser of one value. (The PROXY protocol header, when it exists,
-/// is one more line here.)
+/// Every parser of one value.
 const VALUE_TARGETS: &[(&str, ValueTarget)] = &[
+    ("proxy-header", value_proxy),
     ("--listen", value_listen),
     ("duration", value_secs),
     ("timespan", value_timespan),

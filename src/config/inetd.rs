@@ -14,8 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    acl, options, Bucket, ExecSpec, Handover, Limits, Mode, Rate, Refusal, SockOpts, SockType,
-    StopSpec,
+    acl, options, Bucket, ExecSpec, Handover, Limits, Mode, ProxyVersion, Rate, Refusal, SockOpts,
+    SockType, StopSpec,
 };
 use crate::error::{ConfigError, Origin};
 
@@ -106,6 +106,14 @@ pub struct RawService {
     pub allow_users: Vec<String>,
     pub allow_groups: Vec<String>,
     pub refusal: Refusal,
+    /// `internal` as the program: served by doorman itself (the kind is
+    /// the service's name).
+    pub internal: bool,
+    /// Behind tcpmux as `(NAME, plus)`, with no bind of its own.
+    pub tcpmux: Option<(String, bool)>,
+    pub proxy: Option<ProxyVersion>,
+    pub proxy_from: Vec<acl::Cidr>,
+    pub proxy_optional: bool,
 }
 
 impl RawService {
@@ -145,6 +153,11 @@ impl RawService {
             allow_users: Vec::new(),
             allow_groups: Vec::new(),
             refusal: Refusal::default(),
+            internal: false,
+            tcpmux: None,
+            proxy: None,
+            proxy_from: Vec::new(),
+            proxy_optional: false,
         }
     }
 }
@@ -351,6 +364,7 @@ fn parse_line(
         }
     }
 
+    let mut tcpmux = None;
     let (name, bind) = if transport == "unix" {
         let bind = parse_unix_path(fields[0]).map_err(|m| err("service", m))?;
         let RawBind::Unix { path, .. } = &bind else {
@@ -363,10 +377,26 @@ fn parse_line(
         if name.is_empty() {
             return Err(err("service", "empty service name".into()));
         }
-        if name.starts_with("tcpmux/") {
-            return Ok(LineOutcome::Skip(format!(
-                "tcpmux service {name:?} is not supported yet"
-            )));
+        if let Some(sub) = name.strip_prefix("tcpmux/") {
+            // Served behind the tcpmux service (RFC 1078), on no port of
+            // its own: `tcpmux/NAME`, or `tcpmux/+NAME` to answer "+" first.
+            let (plus, sub) = match sub.strip_prefix('+') {
+                Some(s) => (true, s),
+                None => (false, sub),
+            };
+            if sub.is_empty() || !sub.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(err(
+                    "service",
+                    format!("{name:?}: expected tcpmux/NAME or tcpmux/+NAME"),
+                ));
+            }
+            if sock_type != SockType::Stream || transport != "tcp" {
+                return Err(err(
+                    "service",
+                    format!("{name:?}: tcpmux services are stream tcp"),
+                ));
+            }
+            tcpmux = Some((sub.to_string(), plus));
         }
         let bind = RawBind::Inet {
             host,
@@ -377,10 +407,10 @@ fn parse_line(
     };
 
     let wait = parse_wait(fields[3]).map_err(|m| err("wait", m))?;
-    if wait.mode == Mode::Accept && !sock_type.accepts() {
+    if wait.mode == Mode::Accept && !sock_type.accepts() && transport == "unix" {
         return Err(err(
             "wait",
-            "dgram services must be wait: doorman does not yet run one handler per UDP peer (nowait)"
+            "unix dgram services must be wait: a unix datagram client may have no address to answer (per-peer sessions are for udp)"
                 .into(),
         ));
     }
@@ -388,12 +418,14 @@ fn parse_line(
     let (user, group) = split_user(fields[4]).map_err(|m| err("user", m))?;
 
     let program = fields[5];
-    if program == "internal" {
-        return Ok(LineOutcome::Skip(format!(
-            "internal service {name:?} is not supported yet"
-        )));
+    let internal = program == "internal";
+    if internal && transport == "unix" {
+        return Err(err(
+            "server_program",
+            "internal services are served over tcp and udp".into(),
+        ));
     }
-    if !program.starts_with('/') {
+    if !internal && !program.starts_with('/') {
         return Err(err(
             "server_program",
             format!("{program:?} is not an absolute path"),
@@ -407,7 +439,13 @@ fn parse_line(
     };
 
     let mut svc = RawService::new(origin.clone(), &name, sock_type, wait.mode);
-    svc.binds = vec![bind];
+    svc.binds = if tcpmux.is_some() {
+        Vec::new()
+    } else {
+        vec![bind]
+    };
+    svc.tcpmux = tcpmux;
+    svc.internal = internal;
     svc.sndbuf = sndbuf;
     svc.rcvbuf = rcvbuf;
     svc.limits = wait.limits;
@@ -648,10 +686,10 @@ mod tests {
     #[test]
     fn unsupported_lines_warn_and_errors_name_line() {
         let p = one("# c\n\nsunrpc/1 dgram rpc/udp wait root /usr/sbin/rpcd rpcd\necho stream tcp nowait root internal\nbad stream tcp\nx stream tcp nowait root relative x\n");
-        assert_eq!(p.services.len(), 0);
-        assert_eq!(p.warnings.len(), 2);
+        assert_eq!(p.services.len(), 1);
+        assert!(p.services[0].internal);
+        assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].starts_with("t.conf:3: "), "{}", p.warnings[0]);
-        assert!(p.warnings[1].starts_with("t.conf:4: "), "{}", p.warnings[1]);
         assert_eq!(p.errors.len(), 2);
         assert_eq!(p.errors[0].origin.line, 5);
         assert_eq!(p.errors[1].origin.line, 6);
@@ -687,14 +725,22 @@ mod tests {
         assert_eq!(p.services[4].mode, Mode::Wait);
         // Refused with file:line: dgram nowait, seqpacket over tcp,
         // mismatched type and protocol, relative or bad unix paths.
-        let p = one("tftp dgram udp nowait root /bin/cat cat\n\
+        let p = one("/run/d.sock dgram unix nowait root /bin/cat cat\n\
             x seqpacket tcp nowait root /bin/cat cat\n\
             x stream udp nowait root /bin/cat cat\n\
             run/x.sock stream unix nowait root /bin/cat cat\n\
             :a:b:999:/x stream unix nowait root /bin/cat cat\n\
             :a:b:/x stream unix nowait root /bin/cat cat\n");
         assert_eq!(p.errors.len(), 6, "{:?}", p.errors);
-        assert!(p.errors[0].message.contains("dgram services must be wait"));
+        assert!(p.errors[0]
+            .message
+            .contains("unix dgram services must be wait"));
+        // UDP nowait: one handler per peer; tcpmux services have no bind.
+        let p = one("x dgram udp nowait root /bin/cat cat\ntcpmux/+hello stream tcp nowait root /bin/cat cat\n");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.services[0].mode, Mode::Accept);
+        assert!(p.services[1].binds.is_empty());
+        assert_eq!(p.services[1].tcpmux, Some(("hello".to_string(), true)));
         for (i, e) in p.errors.iter().enumerate() {
             assert_eq!(e.origin.line, i + 1);
         }

@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod inetd;
 pub mod options;
+pub mod passwd;
 pub mod resolve;
 pub mod unit;
 pub mod xinetd;
@@ -454,6 +455,64 @@ pub struct Creds {
     pub groups: Vec<u32>,
 }
 
+/// A service doorman serves itself, inside its loop, without forking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Internal {
+    /// RFC 862: sends back what it receives.
+    Echo,
+    /// RFC 863: reads and drops.
+    Discard,
+    /// RFC 864: a rotating pattern of printable characters.
+    Chargen,
+    /// RFC 867: the local date and time as text.
+    Daytime,
+    /// RFC 868: seconds since 1900 as a 32-bit big-endian number.
+    Time,
+    /// RFC 1078: reads a service name, then hands the connection over to
+    /// the `tcpmux/NAME` service of that name.
+    Tcpmux,
+}
+
+impl Internal {
+    /// The internal service of this name (the service field of an
+    /// inetd.conf line, xinetd's service name) or port number.
+    pub fn from_name(name: &str) -> Option<Internal> {
+        Some(match name {
+            "echo" | "7" => Internal::Echo,
+            "discard" | "9" => Internal::Discard,
+            "chargen" | "19" => Internal::Chargen,
+            "daytime" | "13" => Internal::Daytime,
+            "time" | "37" => Internal::Time,
+            "tcpmux" | "1" => Internal::Tcpmux,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Internal::Echo => "echo",
+            Internal::Discard => "discard",
+            Internal::Chargen => "chargen",
+            Internal::Daytime => "daytime",
+            Internal::Time => "time",
+            Internal::Tcpmux => "tcpmux",
+        }
+    }
+
+    /// The well-known port (UDP loop protection refuses requests from the
+    /// ports of internal services).
+    pub fn port(self) -> u16 {
+        match self {
+            Internal::Echo => 7,
+            Internal::Discard => 9,
+            Internal::Chargen => 19,
+            Internal::Daytime => 13,
+            Internal::Time => 37,
+            Internal::Tcpmux => 1,
+        }
+    }
+}
+
 /// What runs for a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Handler {
@@ -462,6 +521,26 @@ pub enum Handler {
         /// argv, argv[0] included.
         argv: Vec<String>,
     },
+    Internal(Internal),
+}
+
+/// Which PROXY protocol versions a service reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+    Any,
+}
+
+/// PROXY protocol on input: connections from `trusted` proxies must start
+/// with a header, whose addresses then stand for the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySpec {
+    pub version: ProxyVersion,
+    pub trusted: Vec<acl::Cidr>,
+    /// Connections from elsewhere are served as direct ones (otherwise
+    /// they are refused).
+    pub optional: bool,
 }
 
 /// One service: where it listens, how and what it runs, within which limits.
@@ -486,11 +565,25 @@ pub struct Service {
     pub stop: StopSpec,
     pub access: Access,
     pub refusal: Refusal,
+    /// Served behind tcpmux (RFC 1078) under this name instead of on a
+    /// port of its own; `true`: tcpmux answers `+` first (`tcpmux/+NAME`).
+    pub tcpmux: Option<(String, bool)>,
+    pub proxy: Option<ProxySpec>,
 }
 
 impl Service {
+    pub fn internal(&self) -> Option<Internal> {
+        match self.handler {
+            Handler::Internal(i) => Some(i),
+            Handler::Exec { .. } => None,
+        }
+    }
+
     /// `name/proto`, the subject of every log line about this service.
     pub fn label(&self) -> String {
+        if let Some((name, _)) = &self.tcpmux {
+            return format!("tcpmux/{name}");
+        }
         let proto = self.endpoints.first().map_or("tcp", |e| e.proto());
         let proto = proto.trim_end_matches(['4', '6']);
         format!("{}/{}", self.name, proto)
@@ -694,6 +787,27 @@ impl fmt::Display for Service {
             };
             write!(f, " rlimit{}={}:{}", r.resource, v(r.soft), v(r.hard))?;
         }
+        if let Some(p) = &self.proxy {
+            let t: Vec<String> = p.trusted.iter().map(|c| c.to_string()).collect();
+            write!(
+                f,
+                " proxy-protocol={} proxy-from={}{}",
+                match p.version {
+                    ProxyVersion::V1 => "v1",
+                    ProxyVersion::V2 => "v2",
+                    ProxyVersion::Any => "any",
+                },
+                t.join(","),
+                if p.optional {
+                    " proxy-optional=yes"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        if let Some((name, plus)) = &self.tcpmux {
+            write!(f, " tcpmux={}{name}", if *plus { "+" } else { "" })?;
+        }
         match &self.handler {
             Handler::Exec { program, argv } => write!(
                 f,
@@ -701,6 +815,7 @@ impl fmt::Display for Service {
                 program.display(),
                 display_argv(argv)
             ),
+            Handler::Internal(i) => write!(f, " program=internal:{}", i.as_str()),
         }
     }
 }

@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use super::inetd::{RawService, DEFAULT_RATE};
-use super::{acl, Bucket, Crash, Fate, Handover, Rate, Rlimit, DEFAULT_CRASH, MAX_MESSAGE};
+use super::{
+    acl, Bucket, Crash, Fate, Handover, ProxyVersion, Rate, Rlimit, DEFAULT_CRASH, MAX_MESSAGE,
+};
 
 /// Every option name, for error messages and the manual.
 pub const NAMES: &[&str] = &[
@@ -44,6 +46,9 @@ pub const NAMES: &[&str] = &[
     "core",
     "fsize",
     "stack",
+    "proxy-protocol",
+    "proxy-from",
+    "proxy-optional",
 ];
 
 /// Applies one option. Lists (`allow`, `deny`, `allow-uid`, `allow-gid`)
@@ -198,6 +203,26 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
             } = fate;
         }
         "message" => raw.refusal.message = message(v)?,
+        "proxy-protocol" => {
+            raw.proxy = match v {
+                "v1" => Some(ProxyVersion::V1),
+                "v2" => Some(ProxyVersion::V2),
+                "any" => Some(ProxyVersion::Any),
+                "off" | "no" => None,
+                _ => return Err(format!("proxy-protocol={v:?}: expected v1, v2, any or off")),
+            }
+        }
+        "proxy-from" => add(
+            &mut raw.proxy_from,
+            acl::parse(v).map_err(|m| format!("proxy-from: {m}"))?,
+        ),
+        "proxy-optional" => {
+            raw.proxy_optional = match v {
+                "yes" | "true" | "1" => true,
+                "no" | "false" | "0" => false,
+                _ => return Err(format!("proxy-optional={v:?}: expected yes or no")),
+            }
+        }
         "timeout" => {
             // timeout=SECONDS[/GRACE]
             let p = slashes(v, 2, "timeout=SECONDS[/GRACE]")?;

@@ -9,10 +9,12 @@ use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{Gid, Group, Uid, User};
-
 use super::inetd::{Family, RawBind, RawService};
-use super::{Access, Address, Creds, Endpoint, Handler, Mode, Service, SockType, UnixPerms};
+use super::passwd;
+use super::{
+    Access, Address, Creds, Endpoint, Handler, Internal, Mode, ProxySpec, Service, SockType,
+    UnixPerms,
+};
 use crate::error::ConfigError;
 
 /// The listen backlog when none is configured (what systemd uses).
@@ -98,14 +100,75 @@ impl Resolver {
             }
         };
 
-        let program = match resolve_program(&raw.program, raw.search_path) {
-            Ok(p) => p,
-            Err(m) => {
-                errors.push(ConfigError::new(origin, Some("server_program"), m));
-                PathBuf::new()
+        let internal = if raw.internal {
+            // The kind: the word after `internal`, or the service's name.
+            let kind = raw.argv.first().map_or(raw.name.as_str(), String::as_str);
+            match Internal::from_name(kind) {
+                Some(i) => Some(i),
+                None => {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("server_program"),
+                        format!("no internal service {kind:?} (known: echo, discard, chargen, daytime, time, tcpmux)"),
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if internal == Some(Internal::Tcpmux) && raw.sock_type != SockType::Stream {
+            errors.push(ConfigError::new(
+                origin,
+                Some("socket_type"),
+                "tcpmux is a stream service",
+            ));
+        }
+        if raw.tcpmux.is_some() && (raw.internal || raw.mode != Mode::Accept) {
+            errors.push(ConfigError::new(
+                origin,
+                Some("service"),
+                "a tcpmux/NAME service runs a program per connection (nowait)",
+            ));
+        }
+        let proxy = match raw.proxy {
+            None => None,
+            Some(version) => {
+                let inet_stream = raw.sock_type == SockType::Stream
+                    && raw.binds.iter().all(|b| matches!(b, RawBind::Inet { .. }));
+                if !inet_stream || raw.mode != Mode::Accept {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("proxy-protocol"),
+                        "the PROXY protocol is read on nowait TCP services only",
+                    ));
+                }
+                if raw.proxy_from.is_empty() {
+                    errors.push(ConfigError::new(
+                        origin,
+                        Some("proxy-protocol"),
+                        "name the proxies to trust with proxy-from= (an address, a prefix, or any)",
+                    ));
+                }
+                Some(ProxySpec {
+                    version,
+                    trusted: raw.proxy_from.clone(),
+                    optional: raw.proxy_optional,
+                })
             }
         };
-        if errors.is_empty() && !is_executable(&program) {
+        let program = if raw.internal {
+            PathBuf::new()
+        } else {
+            match resolve_program(&raw.program, raw.search_path) {
+                Ok(p) => p,
+                Err(m) => {
+                    errors.push(ConfigError::new(origin, Some("server_program"), m));
+                    PathBuf::new()
+                }
+            }
+        };
+        if errors.is_empty() && !raw.internal && !is_executable(&program) {
             warnings.push(format!(
                 "{origin}: {}: {} is not an executable file (yet); connections will fail until it is",
                 raw.name,
@@ -229,13 +292,16 @@ impl Resolver {
             endpoints,
             mode: raw.mode,
             handover: raw.handover,
-            handler: Handler::Exec {
-                program: if raw.expand_env {
-                    program_path
-                } else {
-                    program
+            handler: match internal {
+                Some(i) => Handler::Internal(i),
+                None => Handler::Exec {
+                    program: if raw.expand_env {
+                        program_path
+                    } else {
+                        program
+                    },
+                    argv,
                 },
-                argv,
             },
             creds,
             limits: raw.limits,
@@ -245,6 +311,8 @@ impl Resolver {
             stop: raw.stop,
             access,
             refusal: raw.refusal.clone(),
+            tcpmux: raw.tcpmux.clone(),
+            proxy,
         };
         Ok((svc, warnings))
     }
@@ -474,18 +542,21 @@ fn resolve_host(host: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 /// User (name or number), optional group (name or number), and the
-/// supplementary group list as `initgroups` would set it.
+/// supplementary group list as `initgroups` would set it. Lookups go
+/// through [`passwd`] (NSS, or the files in a static build).
 fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str, String)> {
-    let pw = if user.bytes().all(|b| b.is_ascii_digit()) {
+    let numeric = user.bytes().all(|b| b.is_ascii_digit());
+    let pw = if numeric {
         let uid: u32 = user
             .parse()
             .map_err(|_| ("user", format!("uid {user} is out of range")))?;
-        User::from_uid(Uid::from_raw(uid)).ok().flatten()
+        passwd::user_by_uid(uid)
     } else {
-        User::from_name(user).ok().flatten()
-    };
+        passwd::user_by_name(user)
+    }
+    .map_err(|m| ("user", m))?;
     let Some(pw) = pw else {
-        if user.bytes().all(|b| b.is_ascii_digit()) {
+        if numeric {
             // A bare uid with no passwd entry: allowed (containers), with
             // its own number as group unless one is given.
             let uid: u32 = user.parse().expect("checked digits");
@@ -500,24 +571,19 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
                 groups: vec![gid],
             });
         }
-        return Err(("user", format!("unknown user {user:?}")));
+        return Err((
+            "user",
+            format!("unknown user {user:?}{}", passwd::user_note()),
+        ));
     };
     let gid = match group {
         Some(g) => resolve_group(g)?,
-        None => pw.gid.as_raw(),
+        None => pw.gid,
     };
-    let cname = CString::new(pw.name.as_str()).map_err(|_| ("user", "NUL in user name".into()))?;
-    let groups = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid)).map_err(|e| {
-        (
-            "user",
-            format!("cannot list the groups of {user:?}: {}", e.desc()),
-        )
-    })?;
-    let mut groups: Vec<u32> = groups.into_iter().map(Gid::as_raw).collect();
-    groups.dedup();
+    let groups = passwd::groups_of(&pw.name, gid).map_err(|m| ("user", m))?;
     Ok(Creds {
         user: pw.name,
-        uid: pw.uid.as_raw(),
+        uid: pw.uid,
         gid,
         groups,
     })
@@ -525,27 +591,33 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
 
 /// A user name or number, for a socket file's owner.
 fn resolve_uid(user: &str) -> Result<u32, String> {
-    if let Ok(Some(u)) = User::from_name(user) {
-        return Ok(u.uid.as_raw());
+    if let Some(u) = passwd::user_by_name(user)? {
+        return Ok(u.uid);
     }
     if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) {
         return user
             .parse()
             .map_err(|_| format!("uid {user} is out of range"));
     }
-    Err(format!("unknown user {user:?} for the socket's owner"))
+    Err(format!(
+        "unknown user {user:?} for the socket's owner{}",
+        passwd::user_note()
+    ))
 }
 
 fn resolve_group(group: &str) -> Result<u32, (&'static str, String)> {
-    if let Ok(Some(g)) = Group::from_name(group) {
-        return Ok(g.gid.as_raw());
+    if let Some(gid) = passwd::group_by_name(group).map_err(|m| ("group", m))? {
+        return Ok(gid);
     }
     if !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()) {
         return group
             .parse()
             .map_err(|_| ("group", format!("gid {group} is out of range")));
     }
-    Err(("group", format!("unknown group {group:?}")))
+    Err((
+        "group",
+        format!("unknown group {group:?}{}", passwd::group_note()),
+    ))
 }
 
 /// Absolute paths stay as they are; with `search_path`, a bare name is

@@ -377,6 +377,7 @@ impl Builder {
             "X-Doorman-Options",
         ];
         let (mut ip_allow, mut ip_deny) = (Vec::new(), Vec::new());
+        let mut late_options: Vec<String> = Vec::new();
         let mut allow_at = None;
         let mut listens: Vec<(SockType, &Assignment)> = Vec::new();
         let (mut sock_user, mut sock_group, mut sock_mode) = (None, None, None);
@@ -462,7 +463,11 @@ impl Builder {
                         }
                     }
                     "X-Doorman-Options" => {
-                        options::apply_words(&mut self.raw, v.split_whitespace())?
+                        // Checked now, applied after the directives so
+                        // that they win over MaxConnections= & co.
+                        let mut scratch = self.raw.clone();
+                        options::apply_words(&mut scratch, v.split_whitespace())?;
+                        late_options.push(v.to_string());
                     }
                     _ => {} // Accept, Service: read before
                 }
@@ -542,6 +547,9 @@ impl Builder {
             interval: poll.0,
             pause: poll.0,
         });
+        for v in &late_options {
+            options::apply_words(&mut self.raw, v.split_whitespace()).expect("checked when read");
+        }
     }
 
     fn service(&mut self, all: &[Assignment]) {

@@ -681,14 +681,10 @@ impl Reader {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let kinds = Kinds::read(&b.lines, &mut errors);
-        let skip = if kinds.internal {
-            Some("internal services are not supported yet")
-        } else if kinds.sensor {
+        let skip = if kinds.sensor {
             Some("SENSOR services are not supported yet")
         } else if kinds.rpc {
             Some("RPC services are not supported")
-        } else if kinds.tcpmux {
-            Some("TCPMUX services are not supported yet")
         } else {
             None
         };
@@ -809,6 +805,7 @@ struct Kinds {
     unlisted: bool,
     rpc: bool,
     tcpmux: bool,
+    tcpmux_plus: bool,
     sensor: bool,
     v4: bool,
     v6: bool,
@@ -833,7 +830,11 @@ impl Kinds {
                             "INTERNAL" => k.internal = true,
                             "UNLISTED" => k.unlisted = true,
                             "RPC" => k.rpc = true,
-                            "TCPMUX" | "TCPMUXPLUS" => k.tcpmux = true,
+                            "TCPMUX" => k.tcpmux = true,
+                            "TCPMUXPLUS" => {
+                                k.tcpmux = true;
+                                k.tcpmux_plus = true;
+                            }
                             other => fail(format!(
                                 "unknown type {other:?} (expected INTERNAL, UNLISTED, RPC, TCPMUX or TCPMUXPLUS)"
                             )),
@@ -1230,14 +1231,7 @@ fn build(
     };
     let mode = match &s.wait {
         Some((at, mode)) => {
-            if *mode == Mode::Accept && sock_type == Some(SockType::Dgram) {
-                fail(
-                    at,
-                    "wait",
-                    "dgram services must be wait: doorman does not yet run one handler per UDP peer (wait = no)"
-                        .into(),
-                );
-            }
+            let _ = at;
             Some(*mode)
         }
         None => {
@@ -1251,7 +1245,7 @@ fn build(
             None
         }
     };
-    if s.user.is_none() {
+    if s.user.is_none() && !k.internal {
         fail(
             origin,
             "user",
@@ -1259,6 +1253,8 @@ fn build(
         );
     }
     let argv = match (&s.server, &s.server_args) {
+        // Served by doorman itself: the service's name says which.
+        _ if k.internal => Some(vec![name.to_string()]),
         (None, _) => {
             if !given("server") {
                 fail(origin, "server", "missing: set the program to run".into());
@@ -1296,6 +1292,8 @@ fn build(
     };
     let port = match (&s.port, k.unlisted) {
         (Some(p), _) => p.clone(),
+        // Behind tcpmux: no port of its own.
+        (None, _) if k.tcpmux => String::new(),
         (None, true) => {
             fail(
                 origin,
@@ -1313,6 +1311,11 @@ fn build(
     };
     let mut svc = RawService::new(origin.clone(), id, sock_type, mode);
     svc.binds = vec![RawBind::Inet { host, port, family }];
+    svc.internal = k.internal;
+    if k.tcpmux {
+        svc.binds.clear();
+        svc.tcpmux = Some((name.to_string(), k.tcpmux_plus));
+    }
     svc.user = s.user.clone();
     svc.group = s.group.clone();
     svc.init_groups = s.groups.unwrap_or(false);
@@ -1390,6 +1393,10 @@ fn xinetd_addr(word: &str) -> Result<Vec<Cidr>, String> {
             out.extend(xinetd_addr(&format!("{head}{}", part.trim()))?);
         }
         return Ok(out);
+    }
+    if word == "0.0.0.0" {
+        // xinetd: every client, IPv6 ones included.
+        return acl::parse("any");
     }
     if let Ok(v4) = word.parse::<Ipv4Addr>() {
         let o = v4.octets();
@@ -1656,7 +1663,8 @@ mod tests {
         let s = &p_err("only_from =\n").services[0];
         assert!(s.allow.is_empty() && s.deny.len() == 2);
         let s = &p_err("only_from = 0.0.0.0\n").services[0];
-        assert_eq!(s.allow[0].len, 0);
+        assert_eq!(s.allow.len(), 2, "IPv4 and IPv6: everyone");
+        assert!(s.allow.iter().all(|c| c.len == 0));
     }
 
     #[test]
@@ -1786,17 +1794,16 @@ service four
                 (18, Some("nice")),
                 (19, Some("port")),
                 (20, Some("rlimit_as")),
-                (25, Some("wait")),
             ],
             "{:#?}",
             p.errors
         );
-        assert!(p.errors[9].message.contains("dgram services must be wait"));
-        // A bad service does not hide the good one.
-        assert_eq!(p.services.len(), 1);
-        assert_eq!(p.services[0].name, "four");
-        assert_eq!(p.services[0].sock_type, SockType::Stream);
-        assert_eq!(p.services[0].argv, ["cat", "-u"]);
+        // A bad service does not hide the good ones (three: UDP sessions).
+        assert_eq!(p.services.len(), 2);
+        assert_eq!(p.services[0].name, "three");
+        assert_eq!(p.services[1].name, "four");
+        assert_eq!(p.services[1].sock_type, SockType::Stream);
+        assert_eq!(p.services[1].argv, ["cat", "-u"]);
     }
 
     #[test]
@@ -1944,17 +1951,7 @@ service four
 
     #[test]
     fn skipped_kinds_warn() {
-        for (extra, why) in [
-            (
-                "type = INTERNAL",
-                "internal services are not supported yet; service skipped",
-            ),
-            ("type = INTERNAL UNLISTED", "internal"),
-            ("type = RPC", "RPC"),
-            ("type = TCPMUX", "TCPMUX"),
-            ("type = TCPMUXPLUS", "TCPMUX"),
-            ("flags = SENSOR", "SENSOR"),
-        ] {
+        for (extra, why) in [("type = RPC", "RPC"), ("flags = SENSOR", "SENSOR")] {
             let p = conf(&format!(
                 "service echo\n{{\nid = echo-stream\n{extra}\nsocket_type = stream\n}}\n"
             ));
@@ -2159,8 +2156,7 @@ mod real_files {
         assert!(p.errors.is_empty() && p.warnings.is_empty() && p.services.is_empty());
     }
 
-    /// Enabled, each of them is an internal service: skipped with a
-    /// warning, never an error.
+    /// Enabled, each of them is an internal service doorman serves.
     #[test]
     fn debian_services_enabled_are_internal() {
         let dir = debian().join("etc/xinetd.d");
@@ -2171,21 +2167,20 @@ mod real_files {
         names.sort();
         assert_eq!(names.len(), 12);
         let mut warnings = 0;
+        let mut internal = 0;
         for f in names {
             let text = std::fs::read_to_string(&f).unwrap();
             assert!(looks_like(&text), "{}", f.display());
             let enabled = text.replace("disable\t\t= yes", "disable\t\t= no");
             let p = parse(&f, &enabled);
             assert!(p.errors.is_empty(), "{}: {:?}", f.display(), p.errors);
-            assert!(p.services.is_empty());
-            assert!(p
-                .warnings
-                .iter()
-                .all(|w| w.contains("internal services are not supported yet")));
+            assert!(p.services.iter().all(|s| s.internal), "{}", f.display());
             warnings += p.warnings.len();
+            internal += p.services.len();
         }
+        assert_eq!(warnings, 0);
         // chargen, daytime, discard, echo, time: tcp and udp each, plus the
         // -udp files and `servers`, `services`.
-        assert_eq!(warnings, 17);
+        assert_eq!(internal, 17);
     }
 }

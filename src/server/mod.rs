@@ -40,6 +40,7 @@ use crate::signals::{self, Signal, Trap};
 use crate::spawn::image::{BaseEnv, Image, Launch, Peer};
 use crate::spawn::{self};
 
+mod inside;
 mod reload;
 mod scrape;
 
@@ -173,13 +174,21 @@ pub struct Server {
     timeouts: BinaryHeap<Reverse<(Instant, i32)>>,
     /// `--max-children` was reached: every listener is unwatched.
     global_full: bool,
+    /// Internal connections, pending PROXY reads, UDP sessions.
+    inside: inside::Inside,
     opts: Options,
 }
 
 /// Binds one endpoint, falling back from a dual-stack "any" socket to
 /// IPv4 on hosts without IPv6. `Ok(None)`: an optional endpoint skipped.
+/// Listeners the loop reads or accepts from itself are non-blocking; a
+/// `wait` listener is the handler's and stays blocking.
+fn loop_owned(svc: &Service) -> bool {
+    svc.mode == Mode::Accept || svc.internal().is_some()
+}
+
 fn open_endpoint(svc: &Service, ep: &Endpoint) -> Result<Option<listen::Bound>, String> {
-    let nonblocking = svc.mode == Mode::Accept;
+    let nonblocking = loop_owned(svc);
     let bound = listen::bind(ep, nonblocking).or_else(|(what, errno)| match ep.addr {
         Address::Inet(SocketAddr::V6(a))
             if a.ip().is_unspecified() && !ep.v6only && listen::is_family_unsupported(errno) =>
@@ -267,6 +276,7 @@ impl Server {
             notify: Notify::from_env(),
             timeouts: BinaryHeap::new(),
             global_full: false,
+            inside: inside::Inside::default(),
             opts,
         };
         server.swap(loaded.services, true)?;
@@ -336,8 +346,12 @@ impl Server {
         loop {
             let now = Instant::now();
             self.prune_timeouts();
-            let timeout = if self.backlog.is_empty() {
+            let inside_next = self.inside.next_deadline();
+            let timeout = if self.backlog.is_empty() && self.inside.again.is_empty() {
                 self.next_deadline()
+                    .into_iter()
+                    .chain(inside_next)
+                    .min()
                     .map(|d| d.saturating_duration_since(now))
             } else {
                 Some(Duration::ZERO)
@@ -371,6 +385,12 @@ impl Server {
                 }
                 if t == METRICS_TOKEN {
                     self.accept_scrapes();
+                } else if t.0 >= inside::SESSION_BASE {
+                    self.session_event(t.0 - inside::SESSION_BASE);
+                } else if t.0 >= inside::PENDING_BASE {
+                    self.proxy_event(t.0 - inside::PENDING_BASE);
+                } else if t.0 >= inside::INSIDE_BASE {
+                    self.inside_event(t.0 - inside::INSIDE_BASE);
                 } else if t.0 >= SCRAPE_BASE {
                     self.serve_scrape(t.0 - SCRAPE_BASE);
                 } else if !reloaded && !ready.contains(&t.0) {
@@ -383,11 +403,16 @@ impl Server {
                 if l >= self.listeners.len() || !self.listeners[l].registered {
                     continue;
                 }
-                match self.services[self.listeners[l].service].svc.mode {
-                    Mode::Accept => self.accept_batch(l),
-                    Mode::Wait => self.wake(l),
+                let svc = &self.services[self.listeners[l].service].svc;
+                let dgram = self.listeners[l].sock_type == SockType::Dgram;
+                match (svc.mode, dgram) {
+                    _ if svc.internal().is_some() && dgram => self.inside_dgram(l),
+                    (Mode::Accept, true) => self.session_dgram(l),
+                    (Mode::Accept, false) => self.accept_batch(l),
+                    (Mode::Wait, _) => self.wake(l),
                 }
             }
+            self.inside_again();
             self.expire(Instant::now());
         }
     }
@@ -487,6 +512,7 @@ impl Server {
     /// scrapes whose time has come.
     fn expire(&mut self, now: Instant) {
         self.expire_timeouts(now);
+        self.expire_inside(now);
         if self.emfile_until.is_some_and(|t| t <= now) {
             self.emfile_until = None;
             debug!("accept: retrying after file descriptor back-off");
@@ -522,6 +548,14 @@ impl Server {
     fn wanted(&self, li: usize) -> bool {
         let l = &self.listeners[li];
         let rt = &self.services[l.service];
+        // Datagram services served in the loop (internal ones, per-peer
+        // sessions) are always read: existing sessions' datagrams arrive
+        // there too; new peers over a limit are dropped one by one.
+        if l.sock_type == SockType::Dgram
+            && (rt.svc.internal().is_some() || rt.svc.mode == Mode::Accept)
+        {
+            return !(rt.paused_until.is_some() && rt.svc.internal().is_some());
+        }
         if self.emfile_until.is_some() || self.global_full {
             return false;
         }
@@ -647,7 +681,11 @@ impl Server {
                 };
                 let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
                 Some((
-                    Peer::Tcp { remote, local },
+                    Peer::Tcp {
+                        remote,
+                        local,
+                        proxy: None,
+                    },
                     Some(remote.ip()),
                     remote.to_string(),
                 ))
@@ -676,9 +714,37 @@ impl Server {
             );
             return;
         };
+        // Behind a trusted proxy: read its header first (without
+        // blocking), then serve the client it names.
+        if let (Some(p), Peer::Tcp { remote, .. }) = (&self.services[s].svc.proxy, &peer) {
+            let remote = *remote;
+            if p.trusted.iter().any(|c| c.contains(remote.ip())) {
+                return self.proxy_start(s, conn, peer, shown, now);
+            }
+            if !p.optional {
+                let key = source.map(|ip| policy::source_key(ip, &self.services[s].svc.limits));
+                return self.refuse(s, conn, Reason::Proxy, key, &shown, now);
+            }
+        }
+        self.serve_peer(s, conn, peer, source, shown, now);
+    }
+
+    /// A connection whose client is known: access, limits, then the
+    /// handler (or an internal service, or a tcpmux service).
+    fn serve_peer(
+        &mut self,
+        s: usize,
+        conn: OwnedFd,
+        peer: Peer,
+        source: Option<IpAddr>,
+        shown: String,
+        now: Instant,
+    ) {
         let rt = &self.services[s];
         let allowed = match &peer {
-            Peer::Tcp { remote, .. } => policy::allowed(&rt.svc.access, remote.ip()),
+            Peer::Tcp { remote, .. } | Peer::Udp { remote, .. } => {
+                policy::allowed(&rt.svc.access, remote.ip())
+            }
             Peer::Unix { uid, gid, .. } => policy::allowed_unix(&rt.svc.access, *uid, *gid),
             Peer::Listener => true,
         };
@@ -700,6 +766,10 @@ impl Server {
                 return self.refuse(s, conn, Reason::Paused, key, &shown, now);
             }
         };
+        if let Some(kind) = self.services[s].svc.internal() {
+            self.metrics.service(&self.services[s].label).accepted += 1;
+            return self.inside_open(s, kind, conn, peer, tracked, shown, now);
+        }
         let rt = &mut self.services[s];
         let m = self.metrics.service(&rt.label);
         m.accepted += 1;
@@ -733,6 +803,7 @@ impl Server {
                         wait: None,
                         deadline,
                         timed_out: false,
+                        session: None,
                     },
                 );
             }
@@ -769,7 +840,7 @@ impl Server {
         let rt = &mut self.services[s];
         let r = &rt.svc.refusal;
         let fate = match reason {
-            Reason::Denied => r.deny,
+            Reason::Denied | Reason::Proxy => r.deny,
             _ if reason.per_source() => r.source,
             Reason::Instances { .. } => r.full,
             _ => r.paused,
@@ -974,6 +1045,7 @@ impl Server {
                         }),
                         deadline,
                         timed_out: false,
+                        session: None,
                     },
                 );
                 self.check_global();
@@ -1021,6 +1093,9 @@ impl Server {
             let s = child.service;
             if let Some(rt) = self.services.get_mut(s) {
                 rt.counters.release(child.source);
+            }
+            if let Some(slot) = child.session {
+                self.session_end(slot);
             }
             if !child.timed_out {
                 let failed = exit.outcome != Outcome::Exited(0);
@@ -1140,6 +1215,15 @@ impl Server {
                 ],
             );
         }
+        emit(
+            Level::Info,
+            "state",
+            &[
+                ("internal_connections", V::N(self.inside.conns.len() as i64)),
+                ("proxy_pending", V::N(self.inside.pending.len() as i64)),
+                ("udp_sessions", V::N(self.inside.sessions.len() as i64)),
+            ],
+        );
         for (pid, c) in self.children.iter() {
             emit(
                 Level::Info,
@@ -1338,12 +1422,14 @@ fn perform(conn: OwnedFd, fate: Fate, message: &[u8]) {
 
 /// `svc/proto: exec /path: No such file or directory (peer=...)`.
 fn log_spawn_error(svc: &Service, e: &spawn::SpawnError, shown: &str) {
-    let Handler::Exec { program, .. } = &svc.handler;
+    let program = match &svc.handler {
+        Handler::Exec { program, .. } => program.display().to_string(),
+        Handler::Internal(i) => format!("internal:{}", i.as_str()),
+    };
     error!(
-        "{}: {} {}: {} (peer={shown})",
+        "{}: {} {program}: {} (peer={shown})",
         svc.label(),
         e.stage.map_or("fork", |st| st.as_str()),
-        program.display(),
         e.errno.desc()
     );
 }

@@ -65,7 +65,7 @@ impl Server {
                     }
                 }
             }
-            let nonblocking = svc.mode == Mode::Accept;
+            let nonblocking = loop_owned(&svc);
             for (j, mut l) in taken {
                 if l.nonblocking != nonblocking {
                     let _ = set_nonblocking(l.fd.as_raw_fd(), nonblocking);
@@ -178,6 +178,8 @@ impl Server {
         for h in &mut self.held {
             h.hold.remap(&old_to_new_listener);
         }
+        self.inside_remap(&old_to_new_service);
+        self.sessions_remap(&old_to_new_listener);
         self.services = new_services;
         self.listeners = new_listeners;
         self.backlog = (0..self.listeners.len())

@@ -121,7 +121,12 @@ pub struct Image {
 impl Image {
     /// `reset_signals`: signals to set back to `SIG_DFL` in the child.
     pub fn new(svc: &Service, base: &BaseEnv, reset_signals: &[c_int]) -> Image {
-        let Handler::Exec { program, argv } = &svc.handler;
+        // An internal service is never spawned: its image stays empty.
+        let empty = (std::path::PathBuf::new(), Vec::new());
+        let (program, argv) = match &svc.handler {
+            Handler::Exec { program, argv } => (program, argv),
+            Handler::Internal(_) => (&empty.0, &empty.1),
+        };
         let path = CString::new(program.as_os_str().as_bytes()).unwrap_or_default();
         let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|c| c.as_ptr()).collect();
@@ -176,8 +181,16 @@ impl Image {
 /// Who is on the other end of the socket being handed over.
 #[derive(Clone, Debug)]
 pub enum Peer {
-    /// A TCP connection: both addresses.
+    /// A TCP connection: both addresses (the client's, from the PROXY
+    /// header when it came through a proxy, whose address is `proxy`).
     Tcp {
+        remote: SocketAddr,
+        local: SocketAddr,
+        proxy: Option<SocketAddr>,
+    },
+    /// A UDP peer's session (`dgram nowait`): its address and the
+    /// service's.
+    Udp {
         remote: SocketAddr,
         local: SocketAddr,
     },
@@ -197,7 +210,7 @@ impl Peer {
     /// The local end as logs show it: `addr:port`, or the socket's path.
     pub fn local(&self) -> String {
         match self {
-            Peer::Tcp { local, .. } => {
+            Peer::Tcp { local, .. } | Peer::Udp { local, .. } => {
                 SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
             }
             Peer::Unix { path, .. } => path.display().to_string(),
@@ -208,12 +221,16 @@ impl Peer {
     /// The connection's variables (none for a listening socket).
     fn env(&self) -> Vec<CString> {
         match self {
-            Peer::Tcp { remote, local } => {
+            Peer::Tcp {
+                remote,
+                local,
+                proxy,
+            } => {
                 let rip = remote.ip().to_canonical().to_string();
                 let rport = remote.port().to_string();
                 let lip = local.ip().to_canonical().to_string();
                 let lport = local.port().to_string();
-                vec![
+                let mut env = vec![
                     cstring(&format!("REMOTE_ADDR={rip}")),
                     cstring(&format!("REMOTE_PORT={rport}")),
                     cstring(&format!("REMOTE_HOST={rip}")),
@@ -222,6 +239,27 @@ impl Peer {
                     cstring(&format!("TCPREMOTEPORT={rport}")),
                     cstring(&format!("TCPLOCALIP={lip}")),
                     cstring(&format!("TCPLOCALPORT={lport}")),
+                ];
+                if let Some(p) = proxy {
+                    env.push(cstring(&format!("PROXY_ADDR={}", p.ip().to_canonical())));
+                    env.push(cstring(&format!("PROXY_PORT={}", p.port())));
+                }
+                env
+            }
+            Peer::Udp { remote, local } => {
+                let rip = remote.ip().to_canonical().to_string();
+                let rport = remote.port().to_string();
+                let lip = local.ip().to_canonical().to_string();
+                let lport = local.port().to_string();
+                vec![
+                    cstring(&format!("REMOTE_ADDR={rip}")),
+                    cstring(&format!("REMOTE_PORT={rport}")),
+                    cstring(&format!("REMOTE_HOST={rip}")),
+                    cstring("PROTO=UDP"),
+                    cstring(&format!("UDPREMOTEIP={rip}")),
+                    cstring(&format!("UDPREMOTEPORT={rport}")),
+                    cstring(&format!("UDPLOCALIP={lip}")),
+                    cstring(&format!("UDPLOCALPORT={lport}")),
                 ]
             }
             Peer::Unix {
@@ -311,7 +349,9 @@ impl<'a> Launch<'a> {
                 let n = image.instances.get();
                 image.instances.set(n + 1);
                 let inst = match peer {
-                    Peer::Tcp { remote, local } => format!("{n}-{local}-{remote}"),
+                    Peer::Tcp { remote, local, .. } | Peer::Udp { remote, local } => {
+                        format!("{n}-{local}-{remote}")
+                    }
                     _ => n.to_string(),
                 };
                 let argv: Vec<CString> = t

@@ -58,7 +58,7 @@ fn check_reports_every_error_with_file_and_line() {
          9996 stream tcp nowait root:no-such-group /bin/cat cat\n\
          9995 stream tcp\n\
          9994 stream tcp nowait,handover=pipe root /bin/cat cat\n\
-         9993 dgram udp nowait root /usr/sbin/in.tftpd in.tftpd\n",
+         /run/x.sock dgram unix nowait root /bin/cat cat\n",
         false,
     );
     let path = conf.to_str().unwrap();
@@ -72,7 +72,7 @@ fn check_reports_every_error_with_file_and_line() {
         (6, "group: unknown group \"no-such-group\""),
         (7, "expected at least 6 fields"),
         (8, "wait: handover=\"pipe\""),
-        (9, "wait: dgram services must be wait"),
+        (9, "wait: unix dgram services must be wait"),
     ] {
         let needle = format!("doorman: {path}:{line}: {what}");
         assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
