@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use crate::config::acl::{self, Cidr};
 use crate::config::{Access, Limits};
 
+#[cfg(test)]
+mod props;
+
 /// Per-source entries kept at most; past it idle entries are dropped, and
 /// if every entry has a handler running the new source is not tracked.
 pub const SOURCE_MAX: usize = 4096;

@@ -14,6 +14,9 @@ pub mod resolve;
 pub mod unit;
 pub mod xinetd;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::ffi::CString;
 use std::fmt;
 use std::net::SocketAddr;
@@ -941,9 +944,37 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
     }
 }
 
+/// The most a configuration file (or an included file, a drop-in, an
+/// environment file) may hold. Configuration is text written by people;
+/// `-f /dev/zero` or an `include` of a device must be an error, not an
+/// allocation without bound.
+pub const MAX_FILE: u64 = 16 << 20;
+
+/// Reads at most [`MAX_FILE`] bytes of `path`; more is an error.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE >> 20),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`], as UTF-8 text.
+pub fn read_text_bounded(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_bounded(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
+}
+
 fn read_file(path: &Path) -> Result<String, ConfigError> {
     let origin = Origin::new(path, 0);
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::new(&origin, None, e.to_string()))?;
+    let bytes = read_bounded(path).map_err(|e| ConfigError::new(&origin, None, e.to_string()))?;
     String::from_utf8(bytes).map_err(|e| {
         let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;

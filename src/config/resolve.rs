@@ -195,7 +195,7 @@ impl Resolver {
         }
         let mut exec = raw.exec.clone();
         for (file, optional) in &raw.env_files {
-            match std::fs::read_to_string(file) {
+            match super::read_text_bounded(Path::new(file)) {
                 Ok(text) => exec.set_env.extend(parse_env_file(&text)),
                 Err(e) if *optional && e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => errors.push(ConfigError::new(

@@ -33,7 +33,7 @@ struct Assignment {
 
 /// Reads a unit file and its drop-ins (`FILE.d/*.conf`, in name order).
 fn read_unit(path: &Path, errors: &mut Vec<ConfigError>) -> Option<Vec<Assignment>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match super::read_text_bounded(path) {
         Ok(t) => t,
         Err(e) => {
             errors.push(ConfigError::new(&Origin::new(path, 0), None, e.to_string()));
@@ -50,7 +50,7 @@ fn read_unit(path: &Path, errors: &mut Vec<ConfigError>) -> Option<Vec<Assignmen
             .collect();
         files.sort();
         for f in files {
-            match std::fs::read_to_string(&f) {
+            match super::read_text_bounded(&f) {
                 Ok(t) => out.extend(parse_ini(&f, &t, errors)),
                 Err(e) => errors.push(ConfigError::new(&Origin::new(&f, 0), None, e.to_string())),
             }
@@ -187,6 +187,14 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
     };
     let service_path = path.with_file_name(&service_file);
     let Some(service) = read_unit(&service_path, &mut out.errors) else {
+        // A service file named by `Service=` that cannot be read is that
+        // line's error (file:line), not one of a file without lines.
+        if let Some(a) = last(&socket, "Socket", "Service") {
+            if let Some(e) = out.errors.pop() {
+                let msg = format!("cannot read {}: {}", service_path.display(), e.message);
+                out.errors.push(err(a, msg));
+            }
+        }
         return out;
     };
     let mut b = Builder {
@@ -690,7 +698,7 @@ impl Builder {
         self.handover(stdin, stdout, stderr);
         match exec.as_slice() {
             [] => self.errors.push(ConfigError::new(
-                &Origin::new(PathBuf::from(&self.service_file), 0),
+                &Origin::new(self.raw.origin.file.with_file_name(&self.service_file), 0),
                 Some("ExecStart"),
                 "no ExecStart= in the service",
             )),
@@ -1044,7 +1052,14 @@ pub fn parse_timespan(v: &str) -> Result<Option<Duration>, String> {
             "d" | "day" | "days" => 86400.0,
             _ => return Err(format!("unknown time unit {unit:?}")),
         };
-        total += Duration::from_secs_f64(n * secs);
+        // systemd's range: a 64-bit count of microseconds. Anything longer
+        // (or a number no float holds) is an error, not a panic here or a
+        // deadline past what `Instant` can hold in the loop.
+        total = Duration::try_from_secs_f64(n * secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| t.as_micros() < u128::from(u64::MAX))
+            .ok_or_else(|| format!("{v:?} is too long (say infinity)"))?;
     }
     Ok(Some(total))
 }

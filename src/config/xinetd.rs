@@ -325,7 +325,7 @@ impl Reader {
     /// Reads one file; problems opening it are reported at `from` (the
     /// `include` line, or the file itself).
     fn file(&mut self, path: &Path, from: &Origin, field: Option<&str>) {
-        let bytes = match std::fs::read(path) {
+        let bytes = match super::read_bounded(path) {
             Ok(b) => b,
             Err(e) => {
                 let msg = match field {
@@ -1065,7 +1065,7 @@ impl Settings {
             "access_times" => {
                 fail("is not supported yet: doorman serves at all times".into())
             }
-            "banner_fail" => match std::fs::read(one) {
+            "banner_fail" => match super::read_bounded(Path::new(one)) {
                 Ok(b) if !b.is_empty() && b.len() <= MAX_MESSAGE => self.banner_fail = Some(b),
                 Ok(b) => fail(format!(
                     "{one}: {} bytes; a refusal message is 1 to {MAX_MESSAGE} bytes",

@@ -1,9 +1,11 @@
 //! One integration-test binary: every test starts the real `doorman` on
 //! loopback and talks to it as a client would.
 
+mod audit;
 mod check;
 mod cli;
 mod examples;
+mod hostile;
 mod inside;
 mod lifecycle;
 mod nowait;
