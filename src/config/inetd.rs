@@ -431,7 +431,8 @@ fn parse_line(
             format!("{program:?} is not an absolute path"),
         ));
     }
-    let argv: Vec<String> = if fields.len() > 6 {
+    let argv: Vec<String> = if fields.len() > 6 || internal {
+        // `internal [KIND]`: the kind, if given, else the service's name.
         fields[6..].iter().map(|s| s.to_string()).collect()
     } else {
         let base = program.rsplit('/').next().unwrap_or(program);
@@ -688,6 +689,10 @@ mod tests {
         let p = one("# c\n\nsunrpc/1 dgram rpc/udp wait root /usr/sbin/rpcd rpcd\necho stream tcp nowait root internal\nbad stream tcp\nx stream tcp nowait root relative x\n");
         assert_eq!(p.services.len(), 1);
         assert!(p.services[0].internal);
+        assert!(
+            p.services[0].argv.is_empty(),
+            "the kind is the service's name"
+        );
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].starts_with("t.conf:3: "), "{}", p.warnings[0]);
         assert_eq!(p.errors.len(), 2);

@@ -937,6 +937,20 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
         }
     }
     check_conflicts(&services, &mut errors);
+    let muxed: Vec<&Service> = services.iter().filter(|s| s.tcpmux.is_some()).collect();
+    if !muxed.is_empty()
+        && !services
+            .iter()
+            .any(|s| s.internal() == Some(Internal::Tcpmux))
+    {
+        for s in muxed {
+            warnings.push(format!(
+                "{}: {}: no internal tcpmux service is configured to reach it (add `tcpmux stream tcp nowait root internal`)",
+                s.origin,
+                s.label()
+            ));
+        }
+    }
     if errors.is_empty() {
         Ok(Loaded { services, warnings })
     } else {

@@ -117,6 +117,13 @@ impl Resolver {
         } else {
             None
         };
+        if internal.is_some() && raw.sock_type == SockType::Stream && raw.mode == Mode::Wait {
+            errors.push(ConfigError::new(
+                origin,
+                Some("wait"),
+                "internal stream services are nowait: doorman serves each connection itself",
+            ));
+        }
         if internal == Some(Internal::Tcpmux) && raw.sock_type != SockType::Stream {
             errors.push(ConfigError::new(
                 origin,

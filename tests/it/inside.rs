@@ -417,3 +417,40 @@ fn udp_sessions_one_handler_per_peer() {
     assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 21));
     assert!(eventually(DEADLINE, || children_of(d.pid()).is_empty()));
 }
+
+#[test]
+fn classic_internal_lines_check() {
+    let dir = TempDir::new();
+    let ok = dir.write(
+        "ok.conf",
+        "echo stream tcp nowait root internal\nchargen dgram udp wait root internal\ntcpmux/x stream tcp nowait root /bin/true\n",
+        false,
+    );
+    let (code, out, err) = run(&["--check", "-f", ok.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("echo listen=stream:tcp4:0.0.0.0:7") && out.contains("program=internal:echo"),
+        "{out}"
+    );
+    assert!(out.contains("program=internal:chargen"), "{out}");
+    assert!(
+        err.contains("tcpmux/x: no internal tcpmux service"),
+        "{err}"
+    );
+    let bad = dir.write(
+        "bad.conf",
+        "echo stream tcp wait root internal\n8 stream tcp nowait root internal\n",
+        false,
+    );
+    let (code, _, err) = run(&["--check", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let p = bad.display();
+    assert!(
+        err.contains(&format!("{p}:1: wait: internal stream services are nowait")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:2: server_program: no internal service \"8\"")),
+        "{err}"
+    );
+}
