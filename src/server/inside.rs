@@ -526,28 +526,11 @@ impl Server {
                     }
                 }
             };
-            let rt = &mut self.services[s];
             if let Some(r) = reason {
-                *self
-                    .metrics
-                    .service(&rt.label)
-                    .refused
-                    .entry(r.key())
-                    .or_default() += 1;
-                if rt.counters.should_log(key, now).is_some() {
-                    emit(
-                        Level::Info,
-                        "refuse",
-                        &[
-                            ("service", V::S(&rt.label)),
-                            ("peer", V::S(&shown)),
-                            ("reason", V::O(r.to_string())),
-                            ("fate", V::S("drop")),
-                        ],
-                    );
-                }
+                self.count_refusal(s, r.key(), r.to_string(), key, &shown, "drop", now);
                 continue;
             }
+            let rt = &mut self.services[s];
             self.metrics.service(&rt.label).accepted += 1;
             let wall = SystemTime::now();
             let reply: Option<Vec<u8>> = match kind {
@@ -689,31 +672,20 @@ impl Server {
         let mut sink = [0u8; proxy::MAX];
         let _ = socket::recv(raw, &mut sink, socket::MsgFlags::MSG_DONTWAIT);
         let Some(why) = why else { return };
-        let Some(rt) = self.services.get_mut(p.service) else {
-            return;
-        };
-        *self
-            .metrics
-            .service(&rt.label)
-            .refused
-            .entry("proxy")
-            .or_default() += 1;
         let key = match &p.peer {
             Peer::Tcp { remote, .. } => Some(remote.ip()),
             _ => None,
         };
-        if let Some(quiet) = rt.counters.should_log(key, Instant::now()) {
-            let mut fields = vec![
-                ("service", V::S(&rt.label)),
-                ("peer", V::S(&p.shown)),
-                ("reason", V::O(format!("proxy: {why}"))),
-                ("fate", V::S("close")),
-            ];
-            if quiet > 0 {
-                fields.push(("unlogged", V::N(quiet as i64)));
-            }
-            emit(Level::Info, "refuse", &fields);
-        }
+        let reason = format!("proxy: {why}");
+        self.count_refusal(
+            p.service,
+            "proxy",
+            reason,
+            key,
+            &p.shown,
+            "close",
+            Instant::now(),
+        );
     }
 
     /// Datagrams on a `dgram nowait` (per-peer session) listener: each
@@ -778,26 +750,8 @@ impl Server {
                 }
             }
         };
-        let rt = &mut self.services[s];
         if let Some(r) = refused {
-            *self
-                .metrics
-                .service(&rt.label)
-                .refused
-                .entry(r.key())
-                .or_default() += 1;
-            if let Some(quiet) = rt.counters.should_log(key, now) {
-                let mut fields = vec![
-                    ("service", V::S(&rt.label)),
-                    ("peer", V::S(&shown)),
-                    ("reason", V::O(r.to_string())),
-                    ("fate", V::S("drop")),
-                ];
-                if quiet > 0 {
-                    fields.push(("unlogged", V::N(quiet as i64)));
-                }
-                emit(Level::Info, "refuse", &fields);
-            }
+            self.count_refusal(s, r.key(), r.to_string(), key, &shown, "drop", now);
         }
     }
 

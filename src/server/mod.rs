@@ -469,42 +469,31 @@ impl Server {
                 .unwrap_or((libc::SIGTERM, DEFAULT_GRACE));
             let p = nix::unistd::Pid::from_raw(pid);
             let age = now.duration_since(c.started);
-            if !c.timed_out {
-                c.timed_out = true;
-                let next = now + grace;
-                c.deadline = Some(next);
-                self.timeouts.push(Reverse((next, pid)));
-                let sig = NixSignal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
-                let _ = killpg(p, sig);
-                let _ = nix::sys::signal::kill(p, sig);
-                emit(
-                    Level::Warn,
-                    "timeout",
-                    &[
-                        ("service", V::S(&c.label)),
-                        ("pid", V::N(pid.into())),
-                        ("peer", V::S(&c.peer)),
-                        ("after_ms", V::N(age.as_millis() as i64)),
-                        ("signal", V::O(signal_name(signal))),
-                        ("kill_in_ms", V::N(grace.as_millis() as i64)),
-                    ],
-                );
+            // First the stop signal and a grace period, then SIGKILL.
+            let (sig, next) = if c.timed_out {
+                (NixSignal::SIGKILL, None)
             } else {
-                c.deadline = None;
-                let _ = killpg(p, NixSignal::SIGKILL);
-                let _ = nix::sys::signal::kill(p, NixSignal::SIGKILL);
-                emit(
-                    Level::Warn,
-                    "timeout",
-                    &[
-                        ("service", V::S(&c.label)),
-                        ("pid", V::N(pid.into())),
-                        ("peer", V::S(&c.peer)),
-                        ("after_ms", V::N(age.as_millis() as i64)),
-                        ("signal", V::S("SIGKILL")),
-                    ],
-                );
+                let sig = NixSignal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
+                (sig, Some(now + grace))
+            };
+            c.timed_out = true;
+            c.deadline = next;
+            if let Some(t) = next {
+                self.timeouts.push(Reverse((t, pid)));
             }
+            let _ = killpg(p, sig);
+            let _ = nix::sys::signal::kill(p, sig);
+            let mut fields = vec![
+                ("service", V::S(&c.label)),
+                ("pid", V::N(pid.into())),
+                ("peer", V::S(&c.peer)),
+                ("after_ms", V::N(age.as_millis() as i64)),
+                ("signal", V::S(sig.as_str())),
+            ];
+            if next.is_some() {
+                fields.push(("kill_in_ms", V::N(grace.as_millis() as i64)));
+            }
+            emit(Level::Warn, "timeout", &fields);
         }
     }
 
@@ -851,21 +840,53 @@ impl Server {
         } else {
             fate
         };
-        let m = self.metrics.service(&rt.label);
-        *m.refused.entry(reason.key()).or_default() += 1;
+        let message = rt.svc.refusal.message.clone();
+        self.count_refusal(
+            s,
+            reason.key(),
+            reason.to_string(),
+            key,
+            shown,
+            fate.as_str(),
+            now,
+        );
+        perform(conn, fate, &message);
+    }
+
+    /// Counts a refusal (metrics, always) and logs it at most once per
+    /// source per interval, with the number left unlogged since.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn count_refusal(
+        &mut self,
+        s: usize,
+        key_name: &'static str,
+        reason: String,
+        key: Option<IpAddr>,
+        shown: &str,
+        fate: &str,
+        now: Instant,
+    ) {
+        let Some(rt) = self.services.get_mut(s) else {
+            return;
+        };
+        *self
+            .metrics
+            .service(&rt.label)
+            .refused
+            .entry(key_name)
+            .or_default() += 1;
         if let Some(quiet) = rt.counters.should_log(key, now) {
             let mut fields = vec![
                 ("service", V::S(&rt.label)),
                 ("peer", V::S(shown)),
-                ("reason", V::O(reason.to_string())),
-                ("fate", V::S(fate.as_str())),
+                ("reason", V::O(reason)),
+                ("fate", V::S(fate)),
             ];
             if quiet > 0 {
                 fields.push(("unlogged", V::N(quiet as i64)));
             }
             emit(Level::Info, "refuse", &fields);
         }
-        perform(conn, fate, &rt.svc.refusal.message);
     }
 
     /// Counts a handler's end (or failure to start) toward its service's

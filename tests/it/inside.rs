@@ -34,14 +34,6 @@ fn host_port(a: SocketAddr) -> (String, String) {
     (a.ip().to_string(), a.port().to_string())
 }
 
-fn rss_kb(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 const INTERNAL_CONF: &str = "\
 127.0.0.1:0 stream tcp nowait root internal echo
 127.0.0.1:0 stream tcp nowait root internal discard

@@ -38,13 +38,6 @@ fn entrypoint(dockerfile: &str) -> Vec<String> {
         .collect()
 }
 
-/// The kB in `VmRSS:` of a process.
-fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn container_layout_runs_doorman_as_pid1() {
     if !is_root() {

@@ -505,14 +505,6 @@ fn a_flood_never_starves_another_service() {
     assert!(d.log.count(&["refuse service=", "instances"]) >= 1);
 }
 
-fn rss_kb(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn front_ends_carry_the_protection_settings() {
     let dir = TempDir::new();
