@@ -649,6 +649,16 @@ impl Server {
                             shown,
                         )
                     }
+                    // LOCAL / UNKNOWN: the socket's own addresses, still
+                    // marked as having come through the proxy.
+                    (Peer::Tcp { remote, local, .. }, None) => (
+                        Peer::Tcp {
+                            remote,
+                            local,
+                            proxy: Some(remote),
+                        },
+                        p.shown,
+                    ),
                     (peer, _) => (peer, p.shown),
                 };
                 let source = match &peer {

@@ -446,3 +446,33 @@ fn classic_internal_lines_check() {
         "{err}"
     );
 }
+
+#[test]
+fn proxy_optional_serves_direct_clients_and_local_keeps_addresses() {
+    let dir = TempDir::new();
+    dir.write(
+        "who",
+        "#!/bin/sh\necho \"$REMOTE_ADDR ${PROXY_ADDR:-direct}\"\n",
+        true,
+    );
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 stream tcp nowait,proxy-protocol=v2,proxy-from=127.0.0.2,proxy-optional=yes root {dir}/who who\n",
+        &[],
+    );
+    // Not from the proxy: served as a direct client.
+    let s = crate::protect::connect_from(ip("127.0.0.1"), d.addr(0));
+    let mut out = String::new();
+    let mut s = s;
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "127.0.0.1 direct\n");
+    // From the proxy, a v2 LOCAL header (a health check): the socket's
+    // own addresses stay, and the proxy is named.
+    let mut s = crate::protect::connect_from(ip("127.0.0.2"), d.addr(0));
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    s.write_all(&local).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "127.0.0.2 127.0.0.2\n");
+}
