@@ -11,6 +11,9 @@ use mio::{Interest, Registry, Token};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
+/// The signals doorman catches (with signal-hook's handler).
+const TRAPPED: [c_int; 5] = [SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1];
+
 /// What a drained signal asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -28,7 +31,7 @@ pub struct Trap {
 impl Trap {
     /// Installs the handlers. Call before anything else can fail or fork.
     pub fn install() -> std::io::Result<Trap> {
-        let signals = Signals::new([SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1])?;
+        let signals = Signals::new(TRAPPED)?;
         Ok(Trap { signals })
     }
 
@@ -58,14 +61,19 @@ impl Trap {
     }
 }
 
-/// Signals a handler must get back at their default disposition: SIGPIPE
-/// (ignored by the Rust runtime) and every signal doorman inherited as
-/// ignored (a shell's `&` ignores SIGINT and SIGQUIT, `nohup` SIGHUP).
+/// Signals a spawned child resets to their default disposition before it
+/// unblocks signals: the ones doorman traps (the child runs in doorman's
+/// memory until execve, so doorman's handlers must never run there),
+/// SIGPIPE (ignored by the Rust runtime) and every signal doorman
+/// inherited as ignored (a shell's `&` ignores SIGINT and SIGQUIT, `nohup`
+/// SIGHUP). Every other signal already has its default disposition, so
+/// the child makes a handful of `rt_sigaction` calls, not one per signal.
 /// Read once at start-up, before any handler is installed.
 pub fn to_reset_in_children() -> Vec<c_int> {
-    let mut out = vec![libc::SIGPIPE];
+    let mut out = TRAPPED.to_vec();
+    out.push(libc::SIGPIPE);
     for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGPIPE {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || out.contains(&sig) {
             continue;
         }
         // SAFETY: querying (null new action) a valid signal number's

@@ -1,14 +1,24 @@
-//! The parent side of a spawn: plan → fork → read the error pipe → pid.
+//! The parent side of a spawn: plan → clone (or fork) → learn whether the
+//! child exec'd → pid.
 //!
-//! Owns: the close-on-exec error pipe and the `fork()` call; learning from
-//! the child whether `execve` happened, and if not, which step failed and
-//! why (reaping such a child at once).
+//! Owns: the `clone(CLONE_VM | CLONE_VFORK)` call on a small stack of the
+//! child's own (mapped once), with every signal blocked around it, and the
+//! `fork()` fallback with its close-on-exec error pipe; learning from the
+//! child whether `execve` happened, and if not, which step failed and why
+//! (reaping such a child at once).
 //! Must not: decide whether to spawn (policy does), or log (the loop does).
+//!
+//! Why clone: `fork()` copies doorman's page tables and then faults pages
+//! back in copy-on-write, per connection; `clone(CLONE_VM | CLONE_VFORK)`
+//! shares doorman's memory until the child's `execve`, as glibc's
+//! `posix_spawn` does, without its reset of every signal disposition.
+//! Measured in the README's Performance section.
 
 pub mod child;
 pub mod image;
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -16,6 +26,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 pub use child::Stage;
+use child::{ChildPlan, Report};
 use image::Launch;
 
 /// Why a handler did not start.
@@ -35,25 +46,179 @@ impl std::fmt::Display for SpawnError {
     }
 }
 
-/// Forks and execs the launch's handler. Returns once the child has
-/// exec'd (the error pipe closed with nothing in it) or failed (reaped
-/// here, before returning).
+/// How handlers are started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `clone(CLONE_VM | CLONE_VFORK)` on the child stack: the default.
+    Clone,
+    /// `fork()` and an error pipe: `DOORMAN_SPAWN=fork`, for comparison
+    /// (the benchmark runs both) and as a fallback should the child
+    /// stack not be mapped.
+    Fork,
+}
+
+/// The child's stack: `exec_child` uses well under 4 KiB (its largest
+/// local is a 256-byte fd array); this leaves room for libc's wrappers.
+const CHILD_STACK: usize = 64 * 1024;
+/// A guard page below it, so that an overflow faults (killing only the
+/// child) instead of writing into doorman's memory.
+const GUARD: usize = 4096;
+
+/// The method in use, chosen once from `DOORMAN_SPAWN` (read at the first
+/// spawn; `fork` selects fork, anything else or nothing clone).
+pub fn method() -> Method {
+    static METHOD: OnceLock<Method> = OnceLock::new();
+    *METHOD.get_or_init(|| match std::env::var_os("DOORMAN_SPAWN") {
+        Some(v) if v == "fork" => Method::Fork,
+        _ => Method::Clone,
+    })
+}
+
+/// The top of the child stack (16-byte aligned), mapped at the first
+/// spawn; `None` if it could not be mapped (then doorman forks).
+fn child_stack_top() -> Option<usize> {
+    static TOP: OnceLock<Option<usize>> = OnceLock::new();
+    *TOP.get_or_init(|| {
+        let len = GUARD + CHILD_STACK;
+        // SAFETY: an anonymous private mapping at an address the kernel
+        // picks; nothing else refers to it. Pages are only committed when
+        // the child touches them (a few KiB of RSS).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: the lowest page of the mapping we just made.
+        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
+            return None;
+        }
+        // Never unmapped: one stack for the life of the process.
+        Some((base as usize + len) & !15)
+    })
+}
+
+/// Starts the launch's handler. Returns once the child has exec'd or
+/// failed (then it is reaped here, before returning).
 pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
+    match (method(), child_stack_top()) {
+        (Method::Clone, Some(top)) => spawn_clone(launch, top),
+        _ => spawn_fork(launch),
+    }
+}
+
+/// Every signal blocked for the life of the value; the old mask restored
+/// on drop.
+struct Blocked(libc::sigset_t);
+
+impl Blocked {
+    fn all() -> Blocked {
+        // SAFETY: sigset_t is plain data; sigfillset initializes `all`, and
+        // pthread_sigmask stores the old mask into `old`, both ours.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            Blocked(old)
+        }
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask saved by `all`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// The clone child's entry point, on the child stack.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildPlan` on `spawn_clone`'s frame, which
+    // stays alive and unchanged while the parent is suspended
+    // (CLONE_VFORK); see `exec_child` for the rest of the contract.
+    unsafe { child::exec_child(&*(arg as *const ChildPlan)) }
+}
+
+fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
+    let mut slot: u64 = 0;
+    let plan = launch.plan(Report::Slot(&mut slot));
+    let pid = {
+        // Blocked around the clone: no handler of doorman's may run in the
+        // child before `exec_child` has reset the dispositions, nor in the
+        // parent while it shares its memory with the child.
+        let _blocked = Blocked::all();
+        // SAFETY: doorman is single-threaded, so no other thread holds a
+        // lock or can touch the memory the child shares (CLONE_VM). The
+        // child runs only `child_entry` → `exec_child`, which makes raw
+        // system calls on memory prepared above (`plan` and what it points
+        // into, kept alive and unchanged on this frame, which is suspended
+        // until the child has exec'd or exited: CLONE_VFORK), writes only
+        // its own stack (the mapping from `child_stack_top`, used by one
+        // child at a time since we are suspended meanwhile), the report
+        // slot, the `LISTEN_PID` digits and errno, and never returns.
+        // SIGCHLD as the exit signal makes it an ordinary child for
+        // `waitpid`.
+        unsafe {
+            libc::clone(
+                child_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&plan as *const ChildPlan).cast_mut().cast(),
+            )
+        }
+    };
+    if pid < 0 {
+        return Err(SpawnError {
+            stage: None,
+            errno: Errno::last(),
+        });
+    }
+    let pid = Pid::from_raw(pid);
+    // SAFETY: the child wrote the slot (or not) before its exec or exit,
+    // and the kernel woke us after that; a volatile read, as the write was
+    // done behind the compiler's back.
+    let report = unsafe { std::ptr::read_volatile(&slot) };
+    match child::decode(report) {
+        None => Ok(pid),
+        Some((stage, errno)) => {
+            reap_failed(pid);
+            Err(SpawnError {
+                stage,
+                errno: Errno::from_raw(errno),
+            })
+        }
+    }
+}
+
+fn spawn_fork(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     let no_stage = |errno| SpawnError { stage: None, errno };
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(no_stage)?;
-    let plan = launch.plan(wr.as_raw_fd());
-    // SAFETY: doorman is single-threaded (no thread is ever started), so
-    // the child is a faithful copy in which no lock is held. The child runs
-    // only `exec_child`, which makes raw system calls on memory prepared
-    // above (`plan` and what it points into, alive on this stack frame) and
-    // never returns.
-    let pid = unsafe { libc::fork() };
+    let plan = launch.plan(Report::Pipe(wr.as_raw_fd()));
+    let pid = {
+        // As for clone: `exec_child` expects every signal blocked.
+        let _blocked = Blocked::all();
+        // SAFETY: doorman is single-threaded (no thread is ever started),
+        // so the child is a faithful copy in which no lock is held. The
+        // child runs only `exec_child`, which makes raw system calls on
+        // memory prepared above (`plan` and what it points into, alive on
+        // this stack frame) and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: we are the freshly forked child; see `exec_child`.
+            unsafe { child::exec_child(&plan) }
+        }
+        pid
+    };
     if pid < 0 {
         return Err(no_stage(Errno::last()));
-    }
-    if pid == 0 {
-        // SAFETY: we are the freshly forked child; see `exec_child`.
-        unsafe { child::exec_child(&plan) }
     }
     drop(wr);
     let pid = Pid::from_raw(pid);
@@ -70,9 +235,7 @@ pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     if got == 0 {
         return Ok(pid);
     }
-    // The child failed before exec and is exiting with 127: reap it now,
-    // so that it never shows up as a connection's handler.
-    while let Err(Errno::EINTR) = waitpid(pid, None) {}
+    reap_failed(pid);
     let stage = Stage::from_byte(buf[0]);
     let errno = if got == buf.len() {
         Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]))
@@ -80,4 +243,10 @@ pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
         Errno::EIO
     };
     Err(SpawnError { stage, errno })
+}
+
+/// The child failed before exec and is exiting with 127: reap it now, so
+/// that it never shows up as a connection's handler.
+fn reap_failed(pid: Pid) {
+    while let Err(Errno::EINTR) = waitpid(pid, None) {}
 }
