@@ -6,7 +6,8 @@
 //! Run: `bash benches/deps.sh && cargo bench --bench spawn` (options after
 //! `--`: `--rounds R` (default 3), `-n N` connections per point (default
 //! 3000), `--smoke` (a few seconds, doorman alone: what CI runs),
-//! `--no-peers`). Loopback only; every loop and wait is bounded; only the
+//! `--no-peers`; or `--load ADDR [-c C] [-n N] [--request TEXT] [--expect
+//! TEXT]` to run only the generator against a server of your own). Loopback only; every loop and wait is bounded; only the
 //! processes this program starts are stopped, by pid.
 
 mod load;
@@ -23,6 +24,11 @@ const REPLY: &[u8] = b"hello\n";
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
 
 struct Args {
+    /// `--load ADDR`: only run the generator against ADDR and print.
+    load: Option<std::net::SocketAddr>,
+    c: usize,
+    request: Option<String>,
+    expect: String,
     rounds: usize,
     n: usize,
     smoke: bool,
@@ -31,6 +37,10 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        load: None,
+        c: 8,
+        request: None,
+        expect: "hello\n".into(),
         rounds: 3,
         n: 3000,
         smoke: false,
@@ -43,6 +53,10 @@ fn args() -> Args {
             "-n" => a.n = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.n),
             "--smoke" => a.smoke = true,
             "--no-peers" => a.peers = false,
+            "--load" => a.load = it.next().and_then(|v| v.parse().ok()),
+            "-c" => a.c = it.next().and_then(|v| v.parse().ok()).unwrap_or(a.c),
+            "--request" => a.request = it.next(),
+            "--expect" => a.expect = it.next().unwrap_or_default(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -74,6 +88,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let a = args();
+    if let Some(addr) = a.load {
+        let plan = Plan {
+            request: a.request.as_deref().map(str::as_bytes),
+            expect: a.expect.as_bytes(),
+            timeout: Duration::from_secs(10),
+        };
+        let st = load::run(addr, a.n, a.c, plan);
+        println!("c={} {}", a.c, st.summary());
+        std::process::exit(if st.errors() > 0 { 1 } else { 0 });
+    }
     let handlers = servers::build_handlers();
     let plan = Plan {
         request: None,
