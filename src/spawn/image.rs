@@ -440,3 +440,136 @@ impl<'a> Launch<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The per-connection half allocates nothing once warm: a counting
+    //! global allocator (counting only on the thread that asks, so that
+    //! tests running alongside do not disturb it).
+
+    use super::*;
+    use crate::config::inetd;
+    use crate::config::resolve::Resolver;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::ffi::CStr;
+
+    struct Counting;
+
+    thread_local! {
+        static COUNT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged;
+    // the counter is a const-initialized thread-local Cell (no allocation,
+    // no destructor), reached with try_with so that thread teardown is
+    // harmless.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let _ = COUNT.try_with(|c| c.set(c.get().map(|n| n + 1)));
+            System.alloc(l)
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            System.dealloc(p, l)
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+            let _ = COUNT.try_with(|c| c.set(c.get().map(|n| n + 1)));
+            System.realloc(p, l, n)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    /// Allocations made by `f` on this thread.
+    fn allocations(f: impl FnOnce()) -> usize {
+        COUNT.with(|c| c.set(Some(0)));
+        f();
+        COUNT.with(|c| c.replace(None)).unwrap()
+    }
+
+    fn image(line: &str) -> Image {
+        let parsed = inetd::parse(Path::new("test.conf"), line);
+        assert!(parsed.errors.is_empty());
+        let (svc, _) = Resolver::new().resolve(&parsed.services[0]).unwrap();
+        Image::new(&svc, &BaseEnv::capture(), &[libc::SIGPIPE])
+    }
+
+    /// The envp of a plan, as strings.
+    fn envp(plan: &ChildPlan) -> Vec<String> {
+        let mut out = Vec::new();
+        // SAFETY: envp is a NULL-terminated array of NUL-terminated
+        // strings, alive while the launch is.
+        unsafe {
+            let mut p = plan.envp;
+            while !(*p).is_null() {
+                out.push(CStr::from_ptr(*p).to_string_lossy().into_owned());
+                p = p.add(1);
+            }
+        }
+        out
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn connections_allocate_nothing_once_warm() {
+        let img =
+            image("127.0.0.1:9 stream tcp nowait,handover=fd3,fdname=web root /bin/true true\n");
+        let peers = [
+            Peer::Tcp {
+                remote: "127.0.0.1:40000".parse().unwrap(),
+                local: "127.0.0.1:9".parse().unwrap(),
+            },
+            Peer::Tcp {
+                remote: "[2001:db8::1234:5678:9abc:def0]:65535".parse().unwrap(),
+                local: "[::ffff:10.1.2.3]:9".parse().unwrap(),
+            },
+        ];
+        let mut slot = 0u64;
+        // Warm up with the longest values, then count.
+        for p in &peers {
+            let mut l = Launch::new(&img, 5, &[5], p, 6);
+            let _ = l.plan(Report::Slot(&mut slot));
+        }
+        let mut seen = Vec::with_capacity(2);
+        let n = allocations(|| {
+            for i in 0..100 {
+                let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6);
+                let plan = l.plan(Report::Slot(&mut slot));
+                if i < 2 {
+                    seen.push((plan.nlisten, plan.std, plan.envp));
+                }
+            }
+        });
+        assert_eq!(n, 0, "allocations per 100 connections");
+        assert_eq!(seen[0].0, 1);
+        assert_eq!(seen[0].1, [6, 6, 2]);
+
+        // And the environment is right for each connection.
+        let mut l = Launch::new(&img, 5, &[5], &peers[1], 6);
+        let plan = l.plan(Report::Slot(&mut slot));
+        let env = envp(&plan);
+        for want in [
+            "REMOTE_ADDR=2001:db8::1234:5678:9abc:def0",
+            "REMOTE_PORT=65535",
+            "TCPLOCALIP=10.1.2.3",
+            "PROTO=TCP",
+            "LISTEN_FDS=1",
+            "LISTEN_FDNAMES=web",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} not in {env:?}");
+        }
+        let (digits, width) = plan.listen_pid_slot.unwrap();
+        // SAFETY: the slot has width + 1 bytes (see `Launch::new`).
+        unsafe { crate::spawn::child::write_pid(digits, width, 4242) };
+        assert!(envp(&plan).iter().any(|e| e == "LISTEN_PID=4242"));
+        let mut l = Launch::new(&img, 5, &[5], &peers[0], 6);
+        let env = envp(&l.plan(Report::Slot(&mut slot)));
+        assert!(env.iter().any(|e| e == "REMOTE_ADDR=127.0.0.1"), "{env:?}");
+        assert_eq!(
+            env.iter().filter(|e| e.starts_with("REMOTE_ADDR=")).count(),
+            1
+        );
+    }
+}

@@ -51,7 +51,11 @@ impl std::fmt::Display for SpawnError {
 /// How handlers are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// `clone(CLONE_VM | CLONE_VFORK)` on the child stack: the default.
+    /// Clone, falling back to fork for a while on a saturated machine
+    /// (see [`spawn`]): the default.
+    Auto,
+    /// `clone(CLONE_VM | CLONE_VFORK)` on the child stack, always:
+    /// `DOORMAN_SPAWN=clone` (tests use it to pin the fast path).
     Clone,
     /// `fork()` and an error pipe: `DOORMAN_SPAWN=fork`, for comparison
     /// (the benchmark runs both) and as a fallback should the child
@@ -67,12 +71,13 @@ const CHILD_STACK: usize = 64 * 1024;
 const GUARD: usize = 4096;
 
 /// The method in use, chosen once from `DOORMAN_SPAWN` (read at the first
-/// spawn; `fork` selects fork, anything else or nothing clone).
+/// spawn: `fork`, `clone`, anything else or nothing: auto).
 pub fn method() -> Method {
     static METHOD: OnceLock<Method> = OnceLock::new();
     *METHOD.get_or_init(|| match std::env::var_os("DOORMAN_SPAWN") {
         Some(v) if v == "fork" => Method::Fork,
-        _ => Method::Clone,
+        Some(v) if v == "clone" => Method::Clone,
+        _ => Method::Auto,
     })
 }
 
@@ -138,7 +143,8 @@ static FORK_LEFT: AtomicU32 = AtomicU32::new(0);
 /// single-threaded; they are statics only to need no `&mut` state.)
 pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     let top = match (method(), child_stack_top()) {
-        (Method::Clone, Some(top)) => top,
+        (Method::Auto, Some(top)) => top,
+        (Method::Clone, Some(top)) => return spawn_clone(launch, top),
         _ => return spawn_fork(launch),
     };
     let left = FORK_LEFT.load(Ordering::Relaxed);

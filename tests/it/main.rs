@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod examples;
+mod fastpath;
 mod lifecycle;
 mod nowait;
 mod units;
