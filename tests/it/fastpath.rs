@@ -106,10 +106,10 @@ os.write(int(sys.argv[1]), ("\n".join(out) + "\n").encode())
 fn probe(method: &str) {
     let dir = TempDir::new();
     dir.write("probe.py", PROBE_PY, false);
-    let mut conf = format!(
-        "127.0.0.1:0 stream tcp nowait,handover=inetd root /usr/bin/python3 python3 {{dir}}/probe.py 1\n\
-         127.0.0.1:0 stream tcp nowait,handover=stdio root /usr/bin/python3 python3 {{dir}}/probe.py 1\n\
-         127.0.0.1:0 stream tcp nowait,handover=fd3 root /usr/bin/python3 python3 {{dir}}/probe.py 3\n\
+    let mut conf = String::from(
+        "127.0.0.1:0 stream tcp nowait,handover=inetd root /usr/bin/python3 python3 {dir}/probe.py 1\n\
+         127.0.0.1:0 stream tcp nowait,handover=stdio root /usr/bin/python3 python3 {dir}/probe.py 1\n\
+         127.0.0.1:0 stream tcp nowait,handover=fd3 root /usr/bin/python3 python3 {dir}/probe.py 3\n\
          127.0.0.1:0 stream tcp nowait root /bin/cat cat /proc/self/status\n"
     );
     if is_root() {
