@@ -33,10 +33,10 @@ calls, total = {}, 0
 n = int(sys.argv[2])
 for line in open(sys.argv[1]):
     f = line.split()
-    if len(f) >= 5 and f[0][0].isdigit() and f[2].isdigit():
-        calls[f[-1]] = int(f[3])
-    elif f and f[-1] == "total":
+    if f and f[-1] == "total":
         total = int(f[3])
+    elif len(f) >= 5 and f[0][0].isdigit() and f[2].isdigit():
+        calls[f[-1]] = int(f[3])
 top = sorted(calls.items(), key=lambda kv: -kv[1])[:7]
 print("%.1f | %s" % (total / n, ", ".join("%s %.1f" % (k, v / n) for k, v in top)))
 PY

@@ -33,11 +33,12 @@
 //!    `_exit(127)`.
 //! 5. **Never return:** [`exec_child`] is `-> !`; a child that returned
 //!    would become a second doorman running the event loop.
-//! 6. **Signals:** the parent blocks every signal around the spawn; the
-//!    child first resets to `SIG_DFL` the signals doorman traps or ignores
-//!    (no handler of doorman's may run in the child, which shares its
-//!    memory), then empties its mask. Nothing else: execve resets caught
-//!    signals itself, and the other dispositions are already default.
+//! 6. **Signals:** doorman installs no signal handler (its trapped signals
+//!    stay blocked and are read from a signalfd), so none can run in the
+//!    child, which shares its memory. The child resets to `SIG_DFL` the
+//!    signals doorman ignores (SIGPIPE, and what it inherited ignored),
+//!    then empties the mask it inherited. Nothing else: every other
+//!    disposition is already the default.
 
 use std::os::fd::RawFd;
 
@@ -229,15 +230,15 @@ pub unsafe fn write_pid(slot: *mut u8, width: usize, pid: pid_t) {
 /// # Safety
 /// Must be called only in a child just created by `clone(CLONE_VM |
 /// CLONE_VFORK)` (on a stack of its own) or `fork()`, from a
-/// single-threaded parent with every signal blocked, with a `plan` whose
+/// single-threaded parent that has no signal handler installed (see
+/// `crate::signals`), with a `plan` whose
 /// pointers all point into memory the parent prepared (valid,
 /// NUL-terminated where C expects it) and keeps unchanged until the child
 /// has exec'd or exited.
 pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
-    // Dispositions first, while every signal is still blocked: the
-    // signals doorman traps (their handlers must never run here, in
-    // doorman's memory) and those it ignores (SIGPIPE, and anything
-    // ignored when doorman started; execve would keep them ignored).
+    // Dispositions first, while doorman's trapped signals are still
+    // blocked: those it ignores (SIGPIPE, and anything ignored when doorman
+    // started; execve would keep them ignored).
     for &sig in &plan.reset_signals[..plan.nsignals] {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = libc::SIG_DFL;

@@ -2,7 +2,7 @@
 //! child exec'd → pid.
 //!
 //! Owns: the `clone(CLONE_VM | CLONE_VFORK)` call on a small stack of the
-//! child's own (mapped once), with every signal blocked around it, and the
+//! child's own (mapped once), and the
 //! `fork()` fallback with its close-on-exec error pipe; learning from the
 //! child whether `execve` happened, and if not, which step failed and why
 //! (reaping such a child at once).
@@ -170,31 +170,6 @@ pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     r
 }
 
-/// Every signal blocked for the life of the value; the old mask restored
-/// on drop.
-struct Blocked(libc::sigset_t);
-
-impl Blocked {
-    fn all() -> Blocked {
-        // SAFETY: sigset_t is plain data; sigfillset initializes `all`, and
-        // pthread_sigmask stores the old mask into `old`, both ours.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            Blocked(old)
-        }
-    }
-}
-
-impl Drop for Blocked {
-    fn drop(&mut self) {
-        // SAFETY: restoring the mask saved by `all`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
-    }
-}
-
 /// The clone child's entry point, on the child stack.
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildPlan` on `spawn_clone`'s frame, which
@@ -206,11 +181,13 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
     let mut slot: u64 = 0;
     let plan = launch.plan(Report::Slot(&mut slot));
+    // No signal handler can run in the child, which shares doorman's
+    // memory: doorman installs none (its signals come through a signalfd
+    // and stay blocked; the child inherits that mask and empties it only
+    // after resetting the ignored dispositions). Only the Rust runtime's
+    // SIGSEGV/SIGBUS handler exists, for synchronous faults, which end the
+    // child either way.
     let pid = {
-        // Blocked around the clone: no handler of doorman's may run in the
-        // child before `exec_child` has reset the dispositions, nor in the
-        // parent while it shares its memory with the child.
-        let _blocked = Blocked::all();
         // SAFETY: doorman is single-threaded, so no other thread holds a
         // lock or can touch the memory the child shares (CLONE_VM). The
         // child runs only `child_entry` → `exec_child`, which makes raw
@@ -259,8 +236,6 @@ fn spawn_fork(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(no_stage)?;
     let plan = launch.plan(Report::Pipe(wr.as_raw_fd()));
     let pid = {
-        // As for clone: `exec_child` expects every signal blocked.
-        let _blocked = Blocked::all();
         // SAFETY: doorman is single-threaded (no thread is ever started),
         // so the child is a faithful copy in which no lock is held. The
         // child runs only `exec_child`, which makes raw system calls on
