@@ -147,8 +147,9 @@ fn main() {
 
     // 3. The servers, interleaved.
     let mut list: Vec<Server> = vec![
-        Server::doorman("doorman", &handlers.hello, false),
-        Server::doorman("doorman (fork)", &handlers.hello, true),
+        Server::doorman("doorman", &handlers.hello, "auto"),
+        Server::doorman("doorman (clone only)", &handlers.hello, "clone"),
+        Server::doorman("doorman (fork)", &handlers.hello, "fork"),
     ];
     if a.peers {
         list.extend(servers::peers(&handlers.hello));
@@ -156,7 +157,10 @@ fn main() {
     let mut results: BTreeMap<(String, usize), Vec<Point>> = BTreeMap::new();
     for round in 0..a.rounds {
         for c in CONCURRENCY {
-            for s in &list {
+            // A B C, B C A, ...: no server always runs right after the same
+            // other one, or first.
+            let order = (0..list.len()).map(|k| &list[(k + round) % list.len()]);
+            for s in order {
                 let p = measure(s, a.n, c, plan);
                 eprintln!(
                     "round {} c={c:<3} {:<24} {:>6.0} conn/s p99 {:.2} ms errors {}",
@@ -174,12 +178,13 @@ fn main() {
     // 4. The libc-less handler at c=8: what is left is exec and exit.
     let mut nolibc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     if let Some(h) = &handlers.nolibc {
-        let mut list2 = vec![Server::doorman("doorman", h, false)];
+        let mut list2 = vec![Server::doorman("doorman", h, "auto")];
         if a.peers {
             list2.extend(servers::peers(h));
         }
-        for _ in 0..a.rounds {
-            for s in &list2 {
+        for round in 0..a.rounds {
+            for k in 0..list2.len() {
+                let s = &list2[(k + round) % list2.len()];
                 let p = measure(s, a.n, 8, plan);
                 nolibc.entry(s.name.clone()).or_default().push(p.rate);
             }
@@ -292,9 +297,10 @@ fn print_table(
             .map(|s| (med(&s.name, c), s.name.as_str()))
             .max_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
         let mut line = format!(
-            "- c={c}: doorman / TCP+spawn limit {:.2}, doorman / doorman (fork) {:.2}",
+            "- c={c}: doorman / TCP+spawn limit {:.2}, doorman / doorman (fork) {:.2}, doorman (clone only) / doorman (fork) {:.2}",
             d / limit(c),
-            d / f
+            d / f,
+            med("doorman (clone only)", c) / f
         );
         if let Some((b, name)) = best {
             line += &format!(", doorman / best peer ({name}) {:.2}", d / b);

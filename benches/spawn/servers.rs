@@ -155,15 +155,14 @@ impl Server {
         self.child.id()
     }
 
-    pub fn doorman(name: &str, handler: &Path, fork: bool) -> Server {
+    /// doorman with `DOORMAN_SPAWN=method` (`auto`: the default).
+    pub fn doorman(name: &str, handler: &Path, method: &str) -> Server {
         let port = free_port();
         let mut cmd = Command::new(DOORMAN);
         cmd.args(["-q", "--listen", &format!("127.0.0.1:{port}"), "--"])
             .arg(handler)
-            .env_remove("RUST_LOG");
-        if fork {
-            cmd.env("DOORMAN_SPAWN", "fork");
-        }
+            .env_remove("RUST_LOG")
+            .env("DOORMAN_SPAWN", method);
         Server::start(name, port, cmd, None)
     }
 }
