@@ -115,18 +115,23 @@ fn child_stack_top() -> Option<usize> {
 /// A clone that kept doorman suspended longer than this means the child
 /// had to wait for a CPU before it could exec. (A clone spawn suspends
 /// doorman for 50-200 µs on an idle machine here.)
-const SLOW_CLONE: Duration = Duration::from_millis(1);
+const SLOW_CLONE: Duration = Duration::from_micros(500);
 /// Clones judged together: a single slow one is noise (another process
 /// had the CPU for a moment); half of them slow is a saturated machine.
 const WINDOW: u32 = 16;
-/// Spawns made by fork after a slow window, before clone is tried again.
+/// Spawns made by fork after the first slow window; each slow window in a
+/// row doubles it, up to `MAX_FORK_RUN`, so that on a machine saturated
+/// for long the clone probes cost little; a fast window resets it.
 const FORK_RUN: u32 = 256;
+const MAX_FORK_RUN: u32 = 16 * 1024;
 
 /// Clones in the current window, and how many of them were slow.
 static CLONES: AtomicU32 = AtomicU32::new(0);
 static SLOW: AtomicU32 = AtomicU32::new(0);
 /// Spawns left to make by fork before clone is tried again.
 static FORK_LEFT: AtomicU32 = AtomicU32::new(0);
+/// The length of the next fork run.
+static NEXT_RUN: AtomicU32 = AtomicU32::new(FORK_RUN);
 
 /// Starts the launch's handler. Returns once the child has exec'd or
 /// failed (then it is reaped here, before returning).
@@ -138,8 +143,9 @@ static FORK_LEFT: AtomicU32 = AtomicU32::new(0);
 /// execve, waited 6.5 ms (median) per spawn, capping it near 150 conn/s,
 /// where fork returned in 92 µs and left the queued children to run in
 /// parallel. So when half the clones of a window of `WINDOW` suspended
-/// doorman longer than `SLOW_CLONE`, the next `FORK_RUN` spawns use fork;
-/// then clone is tried again. (Relaxed atomics: doorman is
+/// doorman longer than `SLOW_CLONE`, the next spawns use fork (`FORK_RUN`
+/// of them, doubling while it lasts); then clone is tried again. A window
+/// ends as soon as its verdict is known. (Relaxed atomics: doorman is
 /// single-threaded; they are statics only to need no `&mut` state.)
 pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     let top = match (method(), child_stack_top()) {
@@ -157,15 +163,21 @@ pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     let r = spawn_clone(launch, top);
     let slow = SLOW.load(Ordering::Relaxed) + u32::from(t0.elapsed() > SLOW_CLONE);
     let clones = CLONES.load(Ordering::Relaxed) + 1;
-    if clones < WINDOW {
-        CLONES.store(clones, Ordering::Relaxed);
-        SLOW.store(slow, Ordering::Relaxed);
-    } else {
+    if slow * 2 >= WINDOW {
+        // Saturated: fork for a while, longer each time in a row.
+        let run = NEXT_RUN.load(Ordering::Relaxed);
+        FORK_LEFT.store(run, Ordering::Relaxed);
+        NEXT_RUN.store((run * 2).min(MAX_FORK_RUN), Ordering::Relaxed);
         CLONES.store(0, Ordering::Relaxed);
         SLOW.store(0, Ordering::Relaxed);
-        if slow * 2 >= WINDOW {
-            FORK_LEFT.store(FORK_RUN, Ordering::Relaxed);
-        }
+    } else if (clones - slow) * 2 > WINDOW {
+        // Clones are fast: a new window, and a short first fork run.
+        NEXT_RUN.store(FORK_RUN, Ordering::Relaxed);
+        CLONES.store(0, Ordering::Relaxed);
+        SLOW.store(0, Ordering::Relaxed);
+    } else {
+        CLONES.store(clones, Ordering::Relaxed);
+        SLOW.store(slow, Ordering::Relaxed);
     }
     r
 }
