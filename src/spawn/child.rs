@@ -1,4 +1,5 @@
-//! The only code that runs between `fork()` and `execve()`.
+//! The only code that runs between the spawn (`clone(CLONE_VM |
+//! CLONE_VFORK)`, or `fork()`) and `execve()`.
 //!
 //! # The child contract
 //!
@@ -6,14 +7,20 @@
 //!    envp pointer arrays, the `LISTEN_PID=` entry with a fixed-width digit
 //!    slot, the supplementary group list (from `getgrouplist`, never
 //!    `initgroups` here), the fd moves as a fixed array, the list of signals
-//!    to reset, and a close-on-exec error pipe. See [`super::image`].
+//!    to reset, and where to report a failure: a slot in the parent's memory
+//!    (clone) or a close-on-exec error pipe (fork). See [`super::image`].
 //! 2. **Allowed here:** raw system calls through `libc` only: `sigprocmask`,
 //!    `sigaction`, `setsid`, `dup2`, `fcntl`, `setrlimit`, `setpriority`,
-//!    `umask`, `setgroups` → `setgid` → `setuid` (in that order) and their
-//!    verification with `getuid` and friends, `chdir`, `getpid`, `write`,
-//!    `execve`, `_exit`. Nothing else: no
-//!    allocation, no logging, no locks, no `CString::new`, no `format!`, no
-//!    `nix::unistd::execve` (it allocates).
+//!    `umask`, `setgroups` → `setgid` → `setuid` (in that order, as raw
+//!    `syscall`s: glibc's wrappers may broadcast to the parent's threads,
+//!    whose list the clone child shares) and their verification with
+//!    `getuid` and friends, `chdir`, `getpid`, `write`, `execve`, `_exit`.
+//!    Nothing else: no allocation, no logging, no locks, no `CString::new`,
+//!    no `format!`, no `nix::unistd::execve` (it allocates). With
+//!    `CLONE_VM` the child runs in doorman's memory on a stack of its own:
+//!    the only memory it writes is that stack, the `LISTEN_PID` digit slot
+//!    and the report slot, and errno (doorman's, shared: the parent reads
+//!    no errno it did not just set itself after the clone).
 //! 3. **Fd rule:** fds 0-2 are placed first (their sources are all ≥ 3, or
 //!    fd 2 itself for "doorman's stderr"); then the `LISTEN_FDS` sockets go
 //!    to 3, 4, ...: a source already inside that range is first copied
@@ -21,10 +28,17 @@
 //!    placed; a socket already at its place has `FD_CLOEXEC` cleared
 //!    explicitly (`dup2` to itself would leave it set). The error pipe is
 //!    moved above the range first. Sockets are handed blocking.
-//! 4. **Failure path:** write one stage byte and the 4 errno bytes to the
-//!    pipe, then `_exit(127)`.
+//! 4. **Failure path:** store the stage and errno in the report slot (or
+//!    write one stage byte and the 4 errno bytes to the pipe), then
+//!    `_exit(127)`.
 //! 5. **Never return:** [`exec_child`] is `-> !`; a child that returned
 //!    would become a second doorman running the event loop.
+//! 6. **Signals:** doorman installs no signal handler (its trapped signals
+//!    stay blocked and are read from a signalfd), so none can run in the
+//!    child, which shares its memory. The child resets to `SIG_DFL` the
+//!    signals doorman ignores (SIGPIPE, and what it inherited ignored),
+//!    then empties the mask it inherited. Nothing else: every other
+//!    disposition is already the default.
 
 use std::os::fd::RawFd;
 
@@ -131,20 +145,52 @@ pub struct ChildPlan {
     /// writes its pid there, then a NUL.
     pub listen_pid_slot: Option<(*mut u8, usize)>,
     pub creds: Option<RawCreds>,
-    /// Write end of the close-on-exec error pipe.
-    pub err_fd: RawFd,
+    /// Where a failure is reported.
+    pub report: Report,
 }
 
-/// Reports `stage` and the current errno on the error pipe and exits 127.
+/// Where the child reports the step that failed and its errno.
+#[derive(Clone, Copy)]
+pub enum Report {
+    /// A slot in the parent's memory (the child shares it: `CLONE_VM`).
+    /// The parent reads it once the clone has returned, i.e. once the
+    /// child has exec'd or exited; 0 means it exec'd.
+    Slot(*mut u64),
+    /// The write end of a close-on-exec pipe (after `fork()`).
+    Pipe(RawFd),
+}
+
+/// A failure as stored in the report slot: stage in the high half, errno
+/// in the low half. Never 0 (stages start at 1).
+pub fn encode(stage: Stage, errno: c_int) -> u64 {
+    (stage as u64) << 32 | errno as u32 as u64
+}
+
+/// The inverse of [`encode`]: `None` for 0 (no failure).
+pub fn decode(v: u64) -> Option<(Option<Stage>, c_int)> {
+    (v != 0).then(|| (Stage::from_byte((v >> 32) as u8), v as u32 as c_int))
+}
+
+/// Reports `stage` and `errno` and exits 127.
 ///
 /// # Safety
-/// Only async-signal-safe calls: `write` and `_exit`.
-unsafe fn fail(err_fd: RawFd, stage: Stage, errno: c_int) -> ! {
-    let e = errno.to_ne_bytes();
-    let msg = [stage as u8, e[0], e[1], e[2], e[3]];
-    // A short or failed write leaves the parent reading 0 bytes, which it
-    // can tell apart from success by the exit status 127 when it reaps.
-    let _ = libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+/// Only async-signal-safe calls: a store into the parent-prepared slot (or
+/// `write`) and `_exit`. A `Slot` pointer must be valid for writes.
+unsafe fn fail(report: Report, stage: Stage, errno: c_int) -> ! {
+    match report {
+        // A volatile store: the compiler must not drop it as dead before
+        // `_exit`; the parent reads it only after the kernel has woken it
+        // (the vfork completion), which orders the two.
+        Report::Slot(slot) => std::ptr::write_volatile(slot, encode(stage, errno)),
+        Report::Pipe(fd) => {
+            let e = errno.to_ne_bytes();
+            let msg = [stage as u8, e[0], e[1], e[2], e[3]];
+            // A short or failed write leaves the parent reading 0 bytes,
+            // which it can tell apart from success by the exit status 127
+            // when it reaps.
+            let _ = libc::write(fd, msg.as_ptr().cast(), msg.len());
+        }
+    }
     libc::_exit(127)
 }
 
@@ -179,51 +225,58 @@ pub unsafe fn write_pid(slot: *mut u8, width: usize, pid: pid_t) {
     *slot.add(len) = 0;
 }
 
-/// Turns the forked child into the handler. Never returns.
+/// Turns the child into the handler. Never returns.
 ///
 /// # Safety
-/// Must be called only in a child just created by `fork()` from a
-/// single-threaded parent, with a `plan` whose pointers all point into
-/// memory the parent prepared (valid, NUL-terminated where C expects it).
+/// Must be called only in a child just created by `clone(CLONE_VM |
+/// CLONE_VFORK)` (on a stack of its own) or `fork()`, from a
+/// single-threaded parent that has no signal handler installed (see
+/// `crate::signals`), with a `plan` whose
+/// pointers all point into memory the parent prepared (valid,
+/// NUL-terminated where C expects it) and keeps unchanged until the child
+/// has exec'd or exited.
 pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
-    // Signals: an empty mask and default dispositions for what doorman
-    // ignored (SIGPIPE, and anything ignored when doorman started). Caught
-    // signals are reset by execve itself.
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-        fail(plan.err_fd, Stage::Signals, errno());
-    }
+    // Dispositions first, while doorman's trapped signals are still
+    // blocked: those it ignores (SIGPIPE, and anything ignored when doorman
+    // started; execve would keep them ignored).
     for &sig in &plan.reset_signals[..plan.nsignals] {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut sa.sa_mask);
         if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-            fail(plan.err_fd, Stage::Signals, errno());
+            fail(plan.report, Stage::Signals, errno());
         }
+    }
+    // Then the handler's mask: empty.
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+        fail(plan.report, Stage::Signals, errno());
     }
 
     // A session (and process group) of its own, so that the handler is
     // not in doorman's and can be signalled as a group.
     if libc::setsid() < 0 {
-        fail(plan.err_fd, Stage::Setsid, errno());
+        fail(plan.report, Stage::Setsid, errno());
     }
 
     let n = plan.nlisten as c_int;
     let top = 3 + n;
-    // The error pipe must survive the placements below.
-    let mut err_fd = plan.err_fd;
-    if err_fd < top {
-        err_fd = libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, top);
-        if err_fd < 0 {
-            fail(plan.err_fd, Stage::Dup2, errno());
+    // An error pipe must survive the placements below.
+    let mut report = plan.report;
+    if let Report::Pipe(fd) = report {
+        if fd < top {
+            let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, top);
+            if moved < 0 {
+                fail(report, Stage::Dup2, errno());
+            }
+            report = Report::Pipe(moved);
         }
     }
 
     for (dst, &src) in plan.std.iter().enumerate() {
         let dst = dst as c_int;
         if src != dst && libc::dup2(src, dst) < 0 {
-            fail(err_fd, Stage::Dup2, errno());
+            fail(report, Stage::Dup2, errno());
         }
     }
 
@@ -233,7 +286,7 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
         if *s >= 3 && *s < top && *s != 3 + i as c_int {
             *s = libc::fcntl(*s, libc::F_DUPFD_CLOEXEC, top);
             if *s < 0 {
-                fail(err_fd, Stage::Dup2, errno());
+                fail(report, Stage::Dup2, errno());
             }
         }
     }
@@ -241,10 +294,10 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
         let dst = 3 + i as c_int;
         if s == dst {
             if libc::fcntl(dst, libc::F_SETFD, 0) < 0 {
-                fail(err_fd, Stage::Cloexec, errno());
+                fail(report, Stage::Cloexec, errno());
             }
         } else if libc::dup2(s, dst) < 0 {
-            fail(err_fd, Stage::Dup2, errno());
+            fail(report, Stage::Dup2, errno());
         }
     }
 
@@ -256,12 +309,12 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
             rlim_max: hard,
         };
         if libc::setrlimit(res as libc::__rlimit_resource_t, &rl) != 0 {
-            fail(err_fd, Stage::Rlimit, errno());
+            fail(report, Stage::Rlimit, errno());
         }
     }
     if let Some(nice) = plan.nice {
         if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
-            fail(err_fd, Stage::Nice, errno());
+            fail(report, Stage::Nice, errno());
         }
     }
     if let Some(mask) = plan.umask {
@@ -269,14 +322,17 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     }
 
     if let Some(c) = plan.creds {
-        if c.set_groups && libc::setgroups(c.ngroups, c.groups) != 0 {
-            fail(err_fd, Stage::Setgroups, errno());
+        // Raw system calls: they change this task's credentials only,
+        // which is all the child is. glibc's wrappers would consult the
+        // thread list it shares with doorman under CLONE_VM.
+        if c.set_groups && libc::syscall(libc::SYS_setgroups, c.ngroups, c.groups) != 0 {
+            fail(report, Stage::Setgroups, errno());
         }
-        if libc::setgid(c.gid) != 0 {
-            fail(err_fd, Stage::Setgid, errno());
+        if libc::syscall(libc::SYS_setgid, c.gid) != 0 {
+            fail(report, Stage::Setgid, errno());
         }
-        if libc::setuid(c.uid) != 0 {
-            fail(err_fd, Stage::Setuid, errno());
+        if libc::syscall(libc::SYS_setuid, c.uid) != 0 {
+            fail(report, Stage::Setuid, errno());
         }
         // Verify: all ids are the target ones, and a dropped root cannot
         // come back.
@@ -284,14 +340,14 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
             || libc::geteuid() != c.uid
             || libc::getgid() != c.gid
             || libc::getegid() != c.gid
-            || (c.uid != 0 && libc::setuid(0) == 0)
+            || (c.uid != 0 && libc::syscall(libc::SYS_setuid, 0) == 0)
         {
-            fail(err_fd, Stage::VerifyCreds, libc::EPERM);
+            fail(report, Stage::VerifyCreds, libc::EPERM);
         }
     }
 
     if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
-        fail(err_fd, Stage::Chdir, errno());
+        fail(report, Stage::Chdir, errno());
     }
 
     if let Some((slot, width)) = plan.listen_pid_slot {
@@ -299,12 +355,21 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     }
 
     libc::execve(plan.path, plan.argv, plan.envp);
-    fail(err_fd, Stage::Exec, errno())
+    fail(report, Stage::Exec, errno())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_roundtrip() {
+        assert_eq!(decode(0), None);
+        let v = encode(Stage::Exec, libc::ENOENT);
+        assert_eq!(decode(v), Some((Some(Stage::Exec), libc::ENOENT)));
+        let v = encode(Stage::Chdir, libc::EACCES);
+        assert_eq!(decode(v), Some((Some(Stage::Chdir), libc::EACCES)));
+    }
 
     #[test]
     fn pid_digits() {

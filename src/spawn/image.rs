@@ -15,7 +15,7 @@ use std::ptr;
 
 use libc::{c_char, c_int, gid_t};
 
-use super::child::{ChildPlan, RawCreds, MAX_LISTEN, MAX_RLIMITS, MAX_SIGNALS};
+use super::child::{ChildPlan, RawCreds, Report, MAX_LISTEN, MAX_RLIMITS, MAX_SIGNALS};
 use crate::config::unit::INSTANCE_MARK;
 use crate::config::{cstring, Creds, ExecSpec, Handler, Handover, Service, StdFd};
 
@@ -116,6 +116,8 @@ pub struct Image {
     umask: Option<libc::mode_t>,
     nice: Option<c_int>,
     rlimits: Vec<(c_int, u64, u64)>,
+    /// Per-connection buffers, reused by every [`Launch`] of this image.
+    scratch: std::cell::RefCell<Scratch>,
 }
 
 impl Image {
@@ -174,6 +176,7 @@ impl Image {
             umask: svc.exec.umask.map(|m| m as libc::mode_t),
             nice: svc.exec.nice,
             rlimits,
+            scratch: Default::default(),
         }
     }
 }
@@ -217,50 +220,83 @@ impl Peer {
             Peer::Listener => "-".into(),
         }
     }
+}
+
+/// Per-connection bytes, reused: the connection's variables (and a
+/// template's argv) are written here and the envp pointer array rebuilt,
+/// keeping both buffers' capacity, so that a steady stream of connections
+/// allocates nothing here.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// NUL-terminated `NAME=value` entries, back to back.
+    bytes: Vec<u8>,
+    /// Where each entry of `bytes` starts.
+    starts: Vec<usize>,
+    envp: Vec<*const c_char>,
+}
+
+impl Scratch {
+    /// Appends one `NAME=value` entry, the value written by `fmt`.
+    fn var(&mut self, name: &str, value: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        self.starts.push(self.bytes.len());
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(b'=');
+        // Writing into a Vec cannot fail.
+        let _ = self.bytes.write_fmt(value);
+        // A NUL inside a value (a unix path) would end the entry early;
+        // C could not see past it anyway, as with `cstring`.
+        self.bytes.push(0);
+    }
+
+    /// Appends one entry from raw bytes (a unix socket path).
+    fn var_bytes(&mut self, name: &str, value: &[u8]) {
+        self.starts.push(self.bytes.len());
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(b'=');
+        self.bytes
+            .extend(value.iter().copied().take_while(|&b| b != 0));
+        self.bytes.push(0);
+    }
 
     /// The connection's variables (none for a listening socket).
-    fn env(&self) -> Vec<CString> {
-        match self {
+    fn peer(&mut self, peer: &Peer) {
+        match peer {
             Peer::Tcp {
                 remote,
                 local,
                 proxy,
             } => {
-                let rip = remote.ip().to_canonical().to_string();
-                let rport = remote.port().to_string();
-                let lip = local.ip().to_canonical().to_string();
-                let lport = local.port().to_string();
-                let mut env = vec![
-                    cstring(&format!("REMOTE_ADDR={rip}")),
-                    cstring(&format!("REMOTE_PORT={rport}")),
-                    cstring(&format!("REMOTE_HOST={rip}")),
-                    cstring("PROTO=TCP"),
-                    cstring(&format!("TCPREMOTEIP={rip}")),
-                    cstring(&format!("TCPREMOTEPORT={rport}")),
-                    cstring(&format!("TCPLOCALIP={lip}")),
-                    cstring(&format!("TCPLOCALPORT={lport}")),
-                ];
+                let rip = remote.ip().to_canonical();
+                let rport = remote.port();
+                let lip = local.ip().to_canonical();
+                let lport = local.port();
+                self.var("REMOTE_ADDR", format_args!("{rip}"));
+                self.var("REMOTE_PORT", format_args!("{rport}"));
+                self.var("REMOTE_HOST", format_args!("{rip}"));
+                self.var("PROTO", format_args!("TCP"));
+                self.var("TCPREMOTEIP", format_args!("{rip}"));
+                self.var("TCPREMOTEPORT", format_args!("{rport}"));
+                self.var("TCPLOCALIP", format_args!("{lip}"));
+                self.var("TCPLOCALPORT", format_args!("{lport}"));
                 if let Some(p) = proxy {
-                    env.push(cstring(&format!("PROXY_ADDR={}", p.ip().to_canonical())));
-                    env.push(cstring(&format!("PROXY_PORT={}", p.port())));
+                    self.var("PROXY_ADDR", format_args!("{}", p.ip().to_canonical()));
+                    self.var("PROXY_PORT", format_args!("{}", p.port()));
                 }
-                env
             }
             Peer::Udp { remote, local } => {
-                let rip = remote.ip().to_canonical().to_string();
-                let rport = remote.port().to_string();
-                let lip = local.ip().to_canonical().to_string();
-                let lport = local.port().to_string();
-                vec![
-                    cstring(&format!("REMOTE_ADDR={rip}")),
-                    cstring(&format!("REMOTE_PORT={rport}")),
-                    cstring(&format!("REMOTE_HOST={rip}")),
-                    cstring("PROTO=UDP"),
-                    cstring(&format!("UDPREMOTEIP={rip}")),
-                    cstring(&format!("UDPREMOTEPORT={rport}")),
-                    cstring(&format!("UDPLOCALIP={lip}")),
-                    cstring(&format!("UDPLOCALPORT={lport}")),
-                ]
+                let rip = remote.ip().to_canonical();
+                let rport = remote.port();
+                let lip = local.ip().to_canonical();
+                let lport = local.port();
+                self.var("REMOTE_ADDR", format_args!("{rip}"));
+                self.var("REMOTE_PORT", format_args!("{rport}"));
+                self.var("REMOTE_HOST", format_args!("{rip}"));
+                self.var("PROTO", format_args!("UDP"));
+                self.var("UDPREMOTEIP", format_args!("{rip}"));
+                self.var("UDPREMOTEPORT", format_args!("{rport}"));
+                self.var("UDPLOCALIP", format_args!("{lip}"));
+                self.var("UDPLOCALPORT", format_args!("{lport}"));
             }
             Peer::Unix {
                 uid,
@@ -268,37 +304,35 @@ impl Peer {
                 pid,
                 path,
             } => {
-                let mut path_var = b"IPCLOCALPATH=".to_vec();
-                path_var.extend_from_slice(path.as_os_str().as_bytes());
-                vec![
-                    cstring(&format!("REMOTE_UID={uid}")),
-                    cstring(&format!("REMOTE_GID={gid}")),
-                    cstring(&format!("REMOTE_PID={pid}")),
-                    cstring("PROTO=UNIX"),
-                    cstring(&format!("IPCREMOTEEUID={uid}")),
-                    cstring(&format!("IPCREMOTEEGID={gid}")),
-                    cstring(&format!("IPCREMOTEPID={pid}")),
-                    CString::new(path_var).unwrap_or_default(),
-                ]
+                self.var("REMOTE_UID", format_args!("{uid}"));
+                self.var("REMOTE_GID", format_args!("{gid}"));
+                self.var("REMOTE_PID", format_args!("{pid}"));
+                self.var("PROTO", format_args!("UNIX"));
+                self.var("IPCREMOTEEUID", format_args!("{uid}"));
+                self.var("IPCREMOTEEGID", format_args!("{gid}"));
+                self.var("IPCREMOTEPID", format_args!("{pid}"));
+                self.var_bytes("IPCLOCALPATH", path.as_os_str().as_bytes());
             }
-            Peer::Listener => Vec::new(),
+            Peer::Listener => {}
         }
     }
 }
 
-/// One spawn: the envp of this connection and the fd plan. Lives on the
-/// parent's stack across `fork()`; the child only reads it (and writes the
-/// pid into its own copy of the slot).
+/// One spawn: the envp of this connection and the fd plan, in the image's
+/// reused scratch buffers. Lives on the parent's stack across the spawn;
+/// the child only reads it (and writes the pid into the `LISTEN_PID`
+/// slot: its own copy after fork, doorman's after clone, unused after).
 pub struct Launch<'a> {
     image: &'a Image,
-    _env: Vec<CString>,
-    /// A template's argv with this connection's instance name.
+    /// A template's argv with this connection's instance name (a unit
+    /// template only: this one allocates).
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
-    listen_pid: Option<Vec<u8>>,
-    envp: Vec<*const c_char>,
+    /// Offset of the `LISTEN_PID=` entry in the scratch bytes.
+    listen_pid: Option<usize>,
     std: [RawFd; 3],
-    listen: Vec<RawFd>,
+    listen: [RawFd; MAX_LISTEN],
+    nlisten: usize,
 }
 
 impl<'a> Launch<'a> {
@@ -313,18 +347,34 @@ impl<'a> Launch<'a> {
         devnull: RawFd,
     ) -> Self {
         let h = image.handover;
-        let mut env = peer.env();
-        let mut fds = Vec::new();
+        let mut scratch = image.scratch.borrow_mut();
+        scratch.bytes.clear();
+        scratch.starts.clear();
+        scratch.peer(peer);
+        let mut fds = [0; MAX_LISTEN];
+        let mut nlisten = 0;
         let mut listen_pid = None;
         if h.listen_fds {
-            fds.extend(listen.iter().take(MAX_LISTEN));
-            let listen = &fds;
-            let names = vec![image.fd_name.as_str(); listen.len()].join(":");
-            env.push(cstring(&format!("LISTEN_FDS={}", listen.len())));
-            env.push(cstring(&format!("LISTEN_FDNAMES={names}")));
-            let mut slot = b"LISTEN_PID=".to_vec();
-            slot.resize(slot.len() + PID_WIDTH + 1, 0);
-            listen_pid = Some(slot);
+            nlisten = listen.len().min(MAX_LISTEN);
+            fds[..nlisten].copy_from_slice(&listen[..nlisten]);
+            scratch.var("LISTEN_FDS", format_args!("{nlisten}"));
+            let at = scratch.bytes.len();
+            scratch.starts.push(at);
+            scratch.bytes.extend_from_slice(b"LISTEN_FDNAMES=");
+            for i in 0..nlisten {
+                if i > 0 {
+                    scratch.bytes.push(b':');
+                }
+                scratch.bytes.extend_from_slice(image.fd_name.as_bytes());
+            }
+            scratch.bytes.push(0);
+            let at = scratch.bytes.len();
+            listen_pid = Some(at);
+            scratch.starts.push(at);
+            scratch.bytes.extend_from_slice(b"LISTEN_PID=");
+            scratch
+                .bytes
+                .resize(at + b"LISTEN_PID=".len() + PID_WIDTH + 1, 0);
         }
         let src = |f: StdFd| match f {
             StdFd::Socket => socket,
@@ -337,13 +387,6 @@ impl<'a> Launch<'a> {
             f => src(f),
         };
         let std = [stdin, src(h.stdout), src(h.stderr)];
-        let mut envp: Vec<*const c_char> = Vec::with_capacity(image.env.len() + env.len() + 2);
-        envp.extend(image.env.iter().map(|c| c.as_ptr()));
-        envp.extend(env.iter().map(|c| c.as_ptr()));
-        if let Some(slot) = &listen_pid {
-            envp.push(slot.as_ptr().cast());
-        }
-        envp.push(ptr::null());
         let (argv, argv_ptrs) = match &image.argv_template {
             Some(t) => {
                 let n = image.instances.get();
@@ -364,26 +407,37 @@ impl<'a> Launch<'a> {
             }
             None => (Vec::new(), Vec::new()),
         };
+        // The pointer array last: `bytes` no longer grows, so pointers
+        // into it stay valid while the scratch is borrowed.
+        let Scratch {
+            bytes,
+            starts,
+            envp,
+        } = &mut *scratch;
+        envp.clear();
+        envp.extend(image.env.iter().map(|c| c.as_ptr()));
+        envp.extend(starts.iter().map(|&s| bytes[s..].as_ptr().cast::<c_char>()));
+        envp.push(ptr::null());
         Launch {
             image,
-            _env: env,
             _argv: argv,
             argv_ptrs,
             listen_pid,
-            envp,
             std,
             listen: fds,
+            nlisten,
         }
     }
 
     /// The raw plan for [`super::child::exec_child`]. The pointers stay
-    /// valid while `self` lives and is not moved.
-    pub fn plan(&mut self, err_fd: RawFd) -> ChildPlan {
+    /// valid while `self` lives and no other `Launch` of the same image is
+    /// made (only `new` writes the scratch buffers; doorman is
+    /// single-threaded and spawns one launch at a time).
+    pub fn plan(&mut self, report: Report) -> ChildPlan {
         let img = self.image;
+        let mut scratch = img.scratch.borrow_mut();
         let mut reset_signals = [0; MAX_SIGNALS];
         reset_signals[..img.reset_signals.len()].copy_from_slice(&img.reset_signals);
-        let mut listen = [0; MAX_LISTEN];
-        listen[..self.listen.len()].copy_from_slice(&self.listen);
         let mut rlimits = [(0, 0, 0); MAX_RLIMITS];
         rlimits[..img.rlimits.len()].copy_from_slice(&img.rlimits);
         let creds = img.creds.as_ref().map(|c| RawCreds {
@@ -393,10 +447,12 @@ impl<'a> Launch<'a> {
             ngroups: c.groups.len(),
             set_groups: img.set_groups,
         });
-        let listen_pid_slot = self
-            .listen_pid
-            .as_mut()
-            .map(|s| (s[b"LISTEN_PID=".len()..].as_mut_ptr(), PID_WIDTH));
+        let listen_pid_slot = self.listen_pid.map(|at| {
+            // SAFETY: `at` is the start of the `LISTEN_PID=` entry, which
+            // has PID_WIDTH + 1 bytes after its `=` (see `new`).
+            let digits = unsafe { scratch.bytes.as_mut_ptr().add(at + b"LISTEN_PID=".len()) };
+            (digits, PID_WIDTH)
+        });
         ChildPlan {
             path: img.path.as_ptr(),
             argv: if self.argv_ptrs.is_empty() {
@@ -404,10 +460,10 @@ impl<'a> Launch<'a> {
             } else {
                 self.argv_ptrs.as_ptr()
             },
-            envp: self.envp.as_ptr(),
+            envp: scratch.envp.as_ptr(),
             std: self.std,
-            listen,
-            nlisten: self.listen.len(),
+            listen: self.listen,
+            nlisten: self.nlisten,
             rlimits,
             nrlimits: img.rlimits.len(),
             umask: img.umask,
@@ -417,7 +473,142 @@ impl<'a> Launch<'a> {
             nsignals: img.reset_signals.len(),
             listen_pid_slot,
             creds,
-            err_fd,
+            report,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The per-connection half allocates nothing once warm: a counting
+    //! global allocator (counting only on the thread that asks, so that
+    //! tests running alongside do not disturb it).
+
+    use super::*;
+    use crate::config::inetd;
+    use crate::config::resolve::Resolver;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::ffi::CStr;
+
+    struct Counting;
+
+    thread_local! {
+        static COUNT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged;
+    // the counter is a const-initialized thread-local Cell (no allocation,
+    // no destructor), reached with try_with so that thread teardown is
+    // harmless.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let _ = COUNT.try_with(|c| c.set(c.get().map(|n| n + 1)));
+            System.alloc(l)
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            System.dealloc(p, l)
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+            let _ = COUNT.try_with(|c| c.set(c.get().map(|n| n + 1)));
+            System.realloc(p, l, n)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    /// Allocations made by `f` on this thread.
+    fn allocations(f: impl FnOnce()) -> usize {
+        COUNT.with(|c| c.set(Some(0)));
+        f();
+        COUNT.with(|c| c.replace(None)).unwrap()
+    }
+
+    fn image(line: &str) -> Image {
+        let parsed = inetd::parse(Path::new("test.conf"), line);
+        assert!(parsed.errors.is_empty());
+        let (svc, _) = Resolver::new().resolve(&parsed.services[0]).unwrap();
+        Image::new(&svc, &BaseEnv::capture(), &[libc::SIGPIPE])
+    }
+
+    /// The envp of a plan, as strings.
+    fn envp(plan: &ChildPlan) -> Vec<String> {
+        let mut out = Vec::new();
+        // SAFETY: envp is a NULL-terminated array of NUL-terminated
+        // strings, alive while the launch is.
+        unsafe {
+            let mut p = plan.envp;
+            while !(*p).is_null() {
+                out.push(CStr::from_ptr(*p).to_string_lossy().into_owned());
+                p = p.add(1);
+            }
+        }
+        out
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn connections_allocate_nothing_once_warm() {
+        let img =
+            image("127.0.0.1:9 stream tcp nowait,handover=fd3,fdname=web root /bin/true true\n");
+        let peers = [
+            Peer::Tcp {
+                remote: "127.0.0.1:40000".parse().unwrap(),
+                local: "127.0.0.1:9".parse().unwrap(),
+                proxy: None,
+            },
+            Peer::Tcp {
+                remote: "[2001:db8::1234:5678:9abc:def0]:65535".parse().unwrap(),
+                local: "[::ffff:10.1.2.3]:9".parse().unwrap(),
+                proxy: Some("[2001:db8::1]:65535".parse().unwrap()),
+            },
+        ];
+        let mut slot = 0u64;
+        // Warm up with the longest values, then count.
+        for p in &peers {
+            let mut l = Launch::new(&img, 5, &[5], p, 6);
+            let _ = l.plan(Report::Slot(&mut slot));
+        }
+        let mut seen = Vec::with_capacity(2);
+        let n = allocations(|| {
+            for i in 0..100 {
+                let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6);
+                let plan = l.plan(Report::Slot(&mut slot));
+                if i < 2 {
+                    seen.push((plan.nlisten, plan.std, plan.envp));
+                }
+            }
+        });
+        assert_eq!(n, 0, "allocations per 100 connections");
+        assert_eq!(seen[0].0, 1);
+        assert_eq!(seen[0].1, [6, 6, 2]);
+
+        // And the environment is right for each connection.
+        let mut l = Launch::new(&img, 5, &[5], &peers[1], 6);
+        let plan = l.plan(Report::Slot(&mut slot));
+        let env = envp(&plan);
+        for want in [
+            "REMOTE_ADDR=2001:db8::1234:5678:9abc:def0",
+            "REMOTE_PORT=65535",
+            "TCPLOCALIP=10.1.2.3",
+            "PROTO=TCP",
+            "LISTEN_FDS=1",
+            "LISTEN_FDNAMES=web",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} not in {env:?}");
+        }
+        let (digits, width) = plan.listen_pid_slot.unwrap();
+        // SAFETY: the slot has width + 1 bytes (see `Launch::new`).
+        unsafe { crate::spawn::child::write_pid(digits, width, 4242) };
+        assert!(envp(&plan).iter().any(|e| e == "LISTEN_PID=4242"));
+        let mut l = Launch::new(&img, 5, &[5], &peers[0], 6);
+        let env = envp(&l.plan(Report::Slot(&mut slot)));
+        assert!(env.iter().any(|e| e == "REMOTE_ADDR=127.0.0.1"), "{env:?}");
+        assert_eq!(
+            env.iter().filter(|e| e.starts_with("REMOTE_ADDR=")).count(),
+            1
+        );
     }
 }

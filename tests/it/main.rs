@@ -5,6 +5,7 @@ mod audit;
 mod check;
 mod cli;
 mod examples;
+mod fastpath;
 mod hostile;
 mod inside;
 mod lifecycle;
