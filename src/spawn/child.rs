@@ -39,6 +39,16 @@
 //!    signals doorman ignores (SIGPIPE, and what it inherited ignored),
 //!    then empties the mask it inherited. Nothing else: every other
 //!    disposition is already the default.
+//! 7. **Why each call is safe here:** `sigprocmask`, `sigaction`, `setsid`,
+//!    `dup2`, `fcntl`, `umask`, `setgid`, `setuid`, `getuid` & co.,
+//!    `chdir`, `getpid`, `write`, `execve` and `_exit` are on POSIX's list
+//!    of async-signal-safe functions (signal-safety(7)); `setrlimit`,
+//!    `setpriority` and `setgroups` are not listed but are, in glibc, thin
+//!    wrappers around one system call that touch no lock and no heap; and
+//!    the three credential calls are made as raw `syscall`s (point 2), so
+//!    no glibc state is involved at all. Reading `errno` reads a
+//!    thread-local. The same list, call by call, is in doorman(8), CHILD
+//!    CONTRACT.
 
 use std::os::fd::RawFd;
 
