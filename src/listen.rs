@@ -255,6 +255,37 @@ pub fn local_addr(fd: RawFd) -> nix::Result<SocketAddr> {
 }
 
 /// Converts a kernel socket address to std's, for IPv4 and IPv6.
+/// `accept4` (close-on-exec, blocking) that also returns the peer's IP
+/// address, saving the `getpeername` a later lookup would cost.
+pub fn accept(lfd: RawFd) -> Result<(OwnedFd, Option<SocketAddr>), Errno> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `ss` and `len` are valid for writes of the size given.
+    let fd = unsafe {
+        libc::accept4(
+            lfd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: accept4 just returned this fd; nothing else owns it.
+    let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: the kernel filled `len` bytes of `ss` with a sockaddr.
+    let peer = unsafe {
+        <SockaddrStorage as nix::sys::socket::SockaddrLike>::from_raw(
+            (&ss as *const libc::sockaddr_storage).cast(),
+            Some(len),
+        )
+    }
+    .and_then(|s| storage_to_std(&s));
+    Ok((conn, peer))
+}
+
 pub fn storage_to_std(ss: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = ss.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())));

@@ -280,6 +280,7 @@ impl Server {
             opts,
         };
         server.swap(loaded.services, true)?;
+        release_freed_memory();
         server
             .trap
             .register(server.poll.registry(), SIGNAL_TOKEN)
@@ -615,15 +616,13 @@ impl Server {
             let lfd = self.listeners[li].fd.as_raw_fd();
             // Accepted blocking (handlers expect it) and close-on-exec (no
             // other handler may inherit it).
-            match socket::accept4(lfd, socket::SockFlag::SOCK_CLOEXEC) {
-                Ok(fd) => {
-                    // SAFETY: accept4 just returned this fd; we own it.
-                    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            match listen::accept(lfd) {
+                Ok((conn, remote)) => {
                     if self.emfile_warned {
                         self.emfile_warned = false;
                         info!("accept: file descriptors available again");
                     }
-                    self.serve(li, s, conn);
+                    self.serve(li, s, conn, remote);
                 }
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO | Errno::EPERM) => continue,
@@ -656,13 +655,21 @@ impl Server {
 
     /// Who is at the other end of an accepted connection: the hand-over's
     /// peer, the source policy counts, and how logs show it.
-    fn peer_of(&self, li: usize, conn: &OwnedFd) -> Option<(Peer, Option<IpAddr>, String)> {
+    fn peer_of(
+        &self,
+        li: usize,
+        conn: &OwnedFd,
+        remote: Option<SocketAddr>,
+    ) -> Option<(Peer, Option<IpAddr>, String)> {
         let l = &self.listeners[li];
         match &l.local {
             Address::Inet(bound) => {
-                let remote = socket::getpeername::<SockaddrStorage>(conn.as_raw_fd())
-                    .ok()
-                    .and_then(|ss| storage_to_std(&ss))?;
+                let remote = match remote {
+                    Some(r) => r,
+                    None => socket::getpeername::<SockaddrStorage>(conn.as_raw_fd())
+                        .ok()
+                        .and_then(|ss| storage_to_std(&ss))?,
+                };
                 let local = if l.wildcard {
                     listen::local_addr(conn.as_raw_fd()).unwrap_or(*bound)
                 } else {
@@ -694,9 +701,9 @@ impl Server {
     }
 
     /// One accepted connection: decide, then spawn or refuse.
-    fn serve(&mut self, li: usize, s: usize, conn: OwnedFd) {
+    fn serve(&mut self, li: usize, s: usize, conn: OwnedFd, remote: Option<SocketAddr>) {
         let now = Instant::now();
-        let Some((peer, source, shown)) = self.peer_of(li, &conn) else {
+        let Some((peer, source, shown)) = self.peer_of(li, &conn, remote) else {
             debug!(
                 "{}: connection gone before it could be served",
                 self.services[s].label
@@ -1364,6 +1371,16 @@ impl Server {
             self.reap();
         }
         0
+    }
+}
+
+/// Hands the heap that loading a configuration used and freed back to the
+/// kernel: parsing a thousand services peaks at a few MiB that the
+/// allocator would otherwise keep resident for the daemon's whole life.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -219,6 +219,7 @@ impl Server {
                     warn!("{w}");
                 }
                 let left_out = self.swap(loaded.services, false).unwrap_or(0);
+                release_freed_memory();
                 emit(
                     if left_out == 0 {
                         Level::Info

@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::ptr;
+use std::rc::Rc;
 
 use libc::{c_char, c_int, gid_t};
 
@@ -46,10 +47,16 @@ const RESERVED: &[&str] = &[
 /// Width of the `LISTEN_PID` digit slot: enough for any 64-bit pid.
 const PID_WIDTH: usize = 20;
 
-/// doorman's own environment less the reserved names, captured at start.
+/// The environment settings of a service that decide its environment.
+type EnvKey = (bool, Vec<String>, Vec<(String, String)>);
+
+/// doorman's own environment less the reserved names, captured at start,
+/// and the environments made of it so far: services with the same
+/// settings share one (a thousand services, one copy).
 #[derive(Debug, Default)]
 pub struct BaseEnv {
     vars: Vec<(Vec<u8>, Vec<u8>)>,
+    made: std::cell::RefCell<Vec<(EnvKey, Rc<Vec<CString>>)>>,
 }
 
 impl BaseEnv {
@@ -61,7 +68,29 @@ impl BaseEnv {
             }
             vars.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
         }
-        BaseEnv { vars }
+        BaseEnv {
+            vars,
+            made: Default::default(),
+        }
+    }
+
+    /// A service's environment, shared with every service of the same
+    /// settings.
+    fn shared(&self, spec: &ExecSpec) -> Rc<Vec<CString>> {
+        let key = (
+            spec.inherit_env,
+            spec.pass_env.clone(),
+            spec.set_env.clone(),
+        );
+        let mut made = self.made.borrow_mut();
+        // Forget environments no image uses any more (after reloads).
+        made.retain(|(_, e)| Rc::strong_count(e) > 1);
+        if let Some((_, e)) = made.iter().find(|(k, _)| *k == key) {
+            return e.clone();
+        }
+        let e = Rc::new(self.for_service(spec));
+        made.push((key, e.clone()));
+        e
     }
 
     /// A service's environment: doorman's (all of it, or the names it
@@ -106,7 +135,7 @@ pub struct Image {
     /// connection by `COUNTER-LOCAL-REMOTE`, as systemd names instances.
     argv_template: Option<Vec<String>>,
     instances: std::cell::Cell<u64>,
-    env: Vec<CString>,
+    env: Rc<Vec<CString>>,
     creds: Option<Creds>,
     set_groups: bool,
     handover: Handover,
@@ -162,7 +191,7 @@ impl Image {
             argv_ptrs,
             argv_template: template,
             instances: std::cell::Cell::new(0),
-            env: base.for_service(&svc.exec),
+            env: base.shared(&svc.exec),
             creds,
             set_groups,
             handover: svc.handover,
