@@ -208,6 +208,28 @@ impl Inside {
     }
 }
 
+/// What one read of a datagram socket gave.
+enum Got {
+    Datagram(usize, SocketAddr),
+    /// Nothing usable this time (interrupted, or not an IP sender).
+    Skip,
+    /// Nothing more to read now (or the socket failed).
+    Done,
+}
+
+/// Reads one datagram into `buf`: its length and sender, IPv4-mapped
+/// senders as IPv4.
+fn recv_datagram(fd: RawFd, buf: &mut [u8]) -> Got {
+    match socket::recvfrom::<SockaddrStorage>(fd, buf) {
+        Ok((n, Some(from))) => match storage_to_std(&from) {
+            Some(a) => Got::Datagram(n, SocketAddr::new(a.ip().to_canonical(), a.port())),
+            None => Got::Skip,
+        },
+        Ok((_, None)) | Err(Errno::EINTR) => Got::Skip,
+        Err(_) => Got::Done,
+    }
+}
+
 fn is_wouldblock(e: Errno) -> bool {
     e == Errno::EAGAIN || e == Errno::EWOULDBLOCK
 }
@@ -487,16 +509,10 @@ impl Server {
             }))
             .collect();
         for _ in 0..DGRAM_BATCH {
-            let buf = self.inside.scratch();
-            let (n, from) = match socket::recvfrom::<SockaddrStorage>(lfd, buf) {
-                Ok((n, Some(from))) => match storage_to_std(&from) {
-                    Some(a) => (n, SocketAddr::new(a.ip().to_canonical(), a.port())),
-                    None => continue,
-                },
-                Ok((_, None)) => continue,
-                Err(e) if is_wouldblock(e) => return,
-                Err(Errno::EINTR) => continue,
-                Err(_) => return,
+            let (n, from) = match recv_datagram(lfd, self.inside.scratch()) {
+                Got::Datagram(n, from) => (n, from),
+                Got::Skip => continue,
+                Got::Done => return,
             };
             let shown = from.to_string();
             let ip = from.ip();
@@ -708,16 +724,10 @@ impl Server {
             Address::Unix(_) => return,
         };
         for _ in 0..DGRAM_BATCH {
-            let buf = self.inside.scratch();
-            let (n, from) = match socket::recvfrom::<SockaddrStorage>(lfd, buf) {
-                Ok((n, Some(from))) => match storage_to_std(&from) {
-                    Some(a) => (n, SocketAddr::new(a.ip().to_canonical(), a.port())),
-                    None => continue,
-                },
-                Ok((_, None)) => continue,
-                Err(e) if is_wouldblock(e) => return,
-                Err(Errno::EINTR) => continue,
-                Err(_) => return,
+            let (n, from) = match recv_datagram(lfd, self.inside.scratch()) {
+                Got::Datagram(n, from) => (n, from),
+                Got::Skip => continue,
+                Got::Done => return,
             };
             if let Some(&slot) = self.inside.by_peer.get(&(li, from)) {
                 if let Some(sess) = self.inside.sessions.get(slot) {
@@ -807,16 +817,7 @@ impl Server {
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
                 m.spawned += 1;
-                emit(
-                    Level::Info,
-                    "accept",
-                    &[
-                        ("service", V::S(&rt.label)),
-                        ("peer", V::S(&shown)),
-                        ("local", V::O(peer.local())),
-                        ("pid", V::N(pid.as_raw().into())),
-                    ],
-                );
+                log_accept(&rt.label, &shown, &peer, pid);
                 drop(theirs);
                 let ours_raw = ours.as_raw_fd();
                 let slot = self.inside.sessions.insert(Session {
@@ -832,25 +833,7 @@ impl Server {
                     error!("register session: {e}");
                 }
                 self.inside.by_peer.insert((li, from), slot);
-                let deadline = rt.svc.exec.runtime_max.map(|t| now + t);
-                if let Some(t) = deadline {
-                    self.timeouts.push(Reverse((t, pid.as_raw())));
-                }
-                self.children.insert(
-                    pid,
-                    Child {
-                        service: s,
-                        label: rt.label.clone(),
-                        source: tracked,
-                        peer: shown,
-                        started: now,
-                        wait: None,
-                        deadline,
-                        timed_out: false,
-                        session: Some(slot),
-                    },
-                );
-                self.check_global();
+                self.track(pid, s, tracked, shown, now, None, Some(slot));
             }
             Err(e) => {
                 m.spawn_failures += 1;

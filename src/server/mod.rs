@@ -774,34 +774,8 @@ impl Server {
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
                 m.spawned += 1;
-                emit(
-                    Level::Info,
-                    "accept",
-                    &[
-                        ("service", V::S(&rt.label)),
-                        ("peer", V::S(&shown)),
-                        ("local", V::O(peer.local())),
-                        ("pid", V::N(pid.as_raw().into())),
-                    ],
-                );
-                let deadline = rt.svc.exec.runtime_max.map(|t| now + t);
-                if let Some(t) = deadline {
-                    self.timeouts.push(Reverse((t, pid.as_raw())));
-                }
-                self.children.insert(
-                    pid,
-                    Child {
-                        service: s,
-                        label: rt.label.clone(),
-                        source: tracked,
-                        peer: shown,
-                        started: now,
-                        wait: None,
-                        deadline,
-                        timed_out: false,
-                        session: None,
-                    },
-                );
+                log_accept(&rt.label, &shown, &peer, pid);
+                self.track(pid, s, tracked, shown, now, None, None);
             }
             Err(e) => {
                 m.spawn_failures += 1;
@@ -813,13 +787,47 @@ impl Server {
             }
         }
         drop(conn);
-        self.check_global();
         if self.services[s]
             .counters
             .at_capacity(&self.services[s].svc.limits)
         {
             self.sync(s);
         }
+    }
+
+    /// A handler has started: its deadline (the service's `timeout`), its
+    /// record in the children table, and the global cap.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn track(
+        &mut self,
+        pid: nix::unistd::Pid,
+        s: usize,
+        source: Option<IpAddr>,
+        peer: String,
+        now: Instant,
+        wait: Option<WaitHold>,
+        session: Option<usize>,
+    ) {
+        let rt = &self.services[s];
+        let deadline = rt.svc.exec.runtime_max.map(|t| now + t);
+        if let Some(t) = deadline {
+            self.timeouts.push(Reverse((t, pid.as_raw())));
+        }
+        self.children.insert(
+            pid,
+            Child {
+                service: s,
+                label: rt.label.clone(),
+                source,
+                peer,
+                started: now,
+                wait,
+                deadline,
+                timed_out: false,
+                session,
+            },
+        );
+        self.check_global();
     }
 
     /// Refuses one accepted connection with the fate its service gives
@@ -1054,29 +1062,12 @@ impl Server {
                         w.rearm_at = Some(now + DGRAM_REARM);
                     }
                 }
-                let deadline = rt.svc.exec.runtime_max.map(|t| now + t);
-                if let Some(t) = deadline {
-                    self.timeouts.push(Reverse((t, pid.as_raw())));
-                }
-                self.children.insert(
-                    pid,
-                    Child {
-                        service: s,
-                        label: rt.label.clone(),
-                        source: None,
-                        peer: "-".into(),
-                        started: now,
-                        wait: Some(WaitHold {
-                            listeners: group,
-                            woke: li,
-                            queued,
-                        }),
-                        deadline,
-                        timed_out: false,
-                        session: None,
-                    },
-                );
-                self.check_global();
+                let hold = WaitHold {
+                    listeners: group,
+                    woke: li,
+                    queued,
+                };
+                self.track(pid, s, None, "-".into(), now, Some(hold), None);
             }
             Err(e) => {
                 m.spawn_failures += 1;
@@ -1422,6 +1413,20 @@ fn set_nonblocking(fd: RawFd, on: bool) -> nix::Result<()> {
         flags - OFlag::O_NONBLOCK
     };
     fcntl(fd, FcntlArg::F_SETFL(flags)).map(drop)
+}
+
+/// One `accept` line: service, client, local address, handler pid.
+pub(super) fn log_accept(label: &str, shown: &str, peer: &Peer, pid: nix::unistd::Pid) {
+    emit(
+        Level::Info,
+        "accept",
+        &[
+            ("service", V::S(label)),
+            ("peer", V::S(shown)),
+            ("local", V::O(peer.local())),
+            ("pid", V::N(pid.as_raw().into())),
+        ],
+    );
 }
 
 /// Carries out a refusal on an accepted connection. Never blocks: the

@@ -289,6 +289,21 @@ impl Scratch {
     }
 
     /// The connection's variables (none for a listening socket).
+    /// The variables of an IP peer: `REMOTE_*`, `PROTO`, and UCSPI's
+    /// `names` (`TCPREMOTEIP` ... or their UDP counterparts).
+    fn inet(&mut self, proto: &str, names: [&str; 4], remote: &SocketAddr, local: &SocketAddr) {
+        let rip = remote.ip().to_canonical();
+        let rport = remote.port();
+        self.var("REMOTE_ADDR", format_args!("{rip}"));
+        self.var("REMOTE_PORT", format_args!("{rport}"));
+        self.var("REMOTE_HOST", format_args!("{rip}"));
+        self.var("PROTO", format_args!("{proto}"));
+        self.var(names[0], format_args!("{rip}"));
+        self.var(names[1], format_args!("{rport}"));
+        self.var(names[2], format_args!("{}", local.ip().to_canonical()));
+        self.var(names[3], format_args!("{}", local.port()));
+    }
+
     fn peer(&mut self, peer: &Peer) {
         match peer {
             Peer::Tcp {
@@ -296,37 +311,23 @@ impl Scratch {
                 local,
                 proxy,
             } => {
-                let rip = remote.ip().to_canonical();
-                let rport = remote.port();
-                let lip = local.ip().to_canonical();
-                let lport = local.port();
-                self.var("REMOTE_ADDR", format_args!("{rip}"));
-                self.var("REMOTE_PORT", format_args!("{rport}"));
-                self.var("REMOTE_HOST", format_args!("{rip}"));
-                self.var("PROTO", format_args!("TCP"));
-                self.var("TCPREMOTEIP", format_args!("{rip}"));
-                self.var("TCPREMOTEPORT", format_args!("{rport}"));
-                self.var("TCPLOCALIP", format_args!("{lip}"));
-                self.var("TCPLOCALPORT", format_args!("{lport}"));
+                self.inet(
+                    "TCP",
+                    ["TCPREMOTEIP", "TCPREMOTEPORT", "TCPLOCALIP", "TCPLOCALPORT"],
+                    remote,
+                    local,
+                );
                 if let Some(p) = proxy {
                     self.var("PROXY_ADDR", format_args!("{}", p.ip().to_canonical()));
                     self.var("PROXY_PORT", format_args!("{}", p.port()));
                 }
             }
-            Peer::Udp { remote, local } => {
-                let rip = remote.ip().to_canonical();
-                let rport = remote.port();
-                let lip = local.ip().to_canonical();
-                let lport = local.port();
-                self.var("REMOTE_ADDR", format_args!("{rip}"));
-                self.var("REMOTE_PORT", format_args!("{rport}"));
-                self.var("REMOTE_HOST", format_args!("{rip}"));
-                self.var("PROTO", format_args!("UDP"));
-                self.var("UDPREMOTEIP", format_args!("{rip}"));
-                self.var("UDPREMOTEPORT", format_args!("{rport}"));
-                self.var("UDPLOCALIP", format_args!("{lip}"));
-                self.var("UDPLOCALPORT", format_args!("{lport}"));
-            }
+            Peer::Udp { remote, local } => self.inet(
+                "UDP",
+                ["UDPREMOTEIP", "UDPREMOTEPORT", "UDPLOCALIP", "UDPLOCALPORT"],
+                remote,
+                local,
+            ),
             Peer::Unix {
                 uid,
                 gid,
