@@ -40,7 +40,7 @@ use super::{acl, options, resolve, unit, xinetd, Sources};
 use crate::error::ConfigError;
 
 /// `n` cases, or `PROPTEST_CASES` when set (a longer local run).
-fn cases(n: u32) -> ProptestConfig {
+pub(crate) fn cases(n: u32) -> ProptestConfig {
     let n = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

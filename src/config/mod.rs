@@ -15,7 +15,7 @@ pub mod unit;
 pub mod xinetd;
 
 #[cfg(test)]
-mod fuzz_tests;
+pub(crate) mod fuzz_tests;
 
 use std::ffi::CString;
 use std::fmt;

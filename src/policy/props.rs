@@ -15,22 +15,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use proptest::test_runner::Config as ProptestConfig;
 
 use super::{source_key, Counters, Decision, Reason, SOURCE_MAX};
+use crate::config::fuzz_tests::cases;
 use crate::config::{Bucket, Crash, Limits, Rate};
-
-fn cases(n: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(n);
-    ProptestConfig {
-        cases: n,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
