@@ -523,7 +523,7 @@ impl Builder {
             if ty == SockType::Dgram {
                 self.errors.push(err(
                     listens[0].1,
-                    "Accept=yes is not supported for datagram sockets yet",
+                    "Accept=yes is for stream and seqpacket sockets (as in systemd); for one handler per UDP peer use a `dgram udp nowait` inetd.conf line or --socket-type dgram without --wait",
                 ));
             }
             self.raw.limits.max_instances = max_conn;
