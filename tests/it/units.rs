@@ -520,3 +520,43 @@ fn unit_stop_settings_are_used_at_shutdown() {
     assert!(text.contains("waiting up to 5s"), "{text}");
     assert!(!text.contains("sending SIGKILL"), "{text}");
 }
+
+#[test]
+fn abstract_unix_socket() {
+    let dir = TempDir::new();
+    let name = format!("doorman-test-{}", std::process::id());
+    dir.write(
+        "abs.socket",
+        &format!("[Socket]\nListenStream=@{name}\nAccept=yes\n"),
+        false,
+    );
+    dir.write(
+        "abs@.service",
+        "[Service]\nExecStart=/bin/sh -c 'echo hi $REMOTE_UID'\nStandardInput=socket\n",
+        false,
+    );
+    let unit = dir.path().join("abs.socket");
+    let d = Doorman::start(
+        dir,
+        &["-f".into(), unit.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    // No file: the name lives in the abstract namespace.
+    assert!(
+        d.log.text().contains(&format!("addr=@{name}")),
+        "{}",
+        d.log.text()
+    );
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect('\\0'+sys.argv[1])\nb=b''\nwhile True:\n  x=s.recv(100)\n  if not x: break\n  b+=x\nsys.stdout.write(b.decode())\n",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hi {uid}\n"));
+}

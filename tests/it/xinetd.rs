@@ -140,3 +140,48 @@ fn unsupported_attribute_is_an_error_naming_it() {
     );
     assert!(err.contains("not supported yet"), "{err}");
 }
+
+#[test]
+fn cps_pauses_and_resumes_and_internal_services_run() {
+    // Two connections a second, then a pause of 1 s; and Debian's own
+    // internal echo file, enabled, on a test port.
+    let dir = TempDir::new();
+    let echo = std::fs::read_to_string(fixture("etc/xinetd.d/echo"))
+        .unwrap()
+        .replacen(
+            "disable\t\t= yes\n\ttype\t\t= INTERNAL",
+            "disable\t\t= no\n\tport\t\t= 0\n\tbind\t\t= 127.0.0.1\n\ttype\t\t= INTERNAL UNLISTED",
+            1,
+        );
+    let conf = format!(
+        "service limited\n{{\n    type = UNLISTED\n    port = 0\n    bind = 127.0.0.1\n    socket_type = stream\n    wait = no\n    user = root\n    server = /bin/echo\n    server_args = ok\n    cps = 2 1\n}}\n{echo}"
+    );
+    let f = dir.write("x.conf", &conf, false);
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), f.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    for _ in 0..2 {
+        assert_eq!(talk(d.addr(0), b""), "ok\n");
+    }
+    // The third within the second trips it: closed, the service pauses,
+    // and the next client waits for the resume.
+    assert_eq!(talk(d.addr(0), b""), "");
+    assert!(
+        d.log
+            .wait_for(&["pause service=limited"], DEADLINE)
+            .is_some(),
+        "{}",
+        d.log.text()
+    );
+    assert_eq!(talk(d.addr(0), b""), "ok\n");
+    assert!(d
+        .log
+        .wait_for(&["resume service=limited"], DEADLINE)
+        .is_some());
+    // The internal echo from Debian's file answers.
+    let echoes: Vec<_> = d.addrs.iter().skip(1).collect();
+    assert!(!echoes.is_empty(), "{}", d.log.text());
+    assert_eq!(talk(*echoes[0], b"ping\n"), "ping\n");
+}
