@@ -172,6 +172,10 @@ pub(super) struct Inside {
     pub(super) timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Internal connections to drive again on the next turn.
     pub(super) again: Vec<usize>,
+    /// UDP requests from these ports are refused (loop protection): the
+    /// well-known ports of internal services and the ports internal UDP
+    /// services listen on. Set at each swap.
+    pub(super) loop_ports: Vec<u16>,
     scratch: Vec<u8>,
 }
 
@@ -285,7 +289,7 @@ impl Server {
             let _ = socket::shutdown(fd, socket::Shutdown::Write);
             rt.counters.release(tracked);
             drop(conn);
-            self.inside_ended(s, &shown, now, 0, n as u64, "done");
+            self.inside_ended_at(s, &shown, now, now, 0, n as u64, "done");
             return;
         }
         let limit = rt.svc.exec.runtime_max.map(|t| now + t);
@@ -356,15 +360,9 @@ impl Server {
         let (s, shown, started) = (c.service, c.shown, c.started);
         drop(c.fd);
         self.inside_ended_at(s, &shown, started, now, received, sent, why);
-        if let Some(rt) = self.services.get(s) {
-            if rt.counters.running() + 1 == rt.svc.limits.max_instances.unwrap_or(0) {
-                self.sync(s);
-            }
-        }
-    }
-
-    fn inside_ended(&mut self, s: usize, shown: &str, now: Instant, rx: u64, tx: u64, why: &str) {
-        self.inside_ended_at(s, shown, now, now, rx, tx, why);
+        // A service that was full is watched again (sync changes nothing
+        // otherwise).
+        self.sync(s);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -495,19 +493,6 @@ impl Server {
         };
         let lfd = self.listeners[li].fd.as_raw_fd();
         let now = Instant::now();
-        let internal_ports: Vec<u16> = self
-            .services
-            .iter()
-            .filter_map(|rt| rt.svc.internal())
-            .map(Internal::port)
-            .chain(self.listeners.iter().filter_map(|l| {
-                let rt = &self.services[l.service];
-                match (&l.local, rt.svc.internal(), l.sock_type) {
-                    (Address::Inet(a), Some(_), SockType::Dgram) => Some(a.port()),
-                    _ => None,
-                }
-            }))
-            .collect();
         for _ in 0..DGRAM_BATCH {
             let (n, from) = match recv_datagram(lfd, self.inside.scratch()) {
                 Got::Datagram(n, from) => (n, from),
@@ -522,26 +507,27 @@ impl Server {
                 IpAddr::V4(a) => a.is_broadcast() || a.is_multicast() || a.is_unspecified(),
                 IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
             };
-            let reason = if from.port() < 1024 || internal_ports.contains(&from.port()) || broadcast
-            {
-                Some(Reason::Loop)
-            } else if !policy::allowed(&rt.svc.access, ip) {
-                Some(Reason::Denied)
-            } else if rt.paused_until.is_some() {
-                Some(Reason::Paused)
-            } else {
-                match rt.counters.admit(&rt.svc.limits, key, now) {
-                    Decision::Admit(k) => {
-                        rt.counters.release(k);
-                        None
+            let reason =
+                if from.port() < 1024 || self.inside.loop_ports.contains(&from.port()) || broadcast
+                {
+                    Some(Reason::Loop)
+                } else if !policy::allowed(&rt.svc.access, ip) {
+                    Some(Reason::Denied)
+                } else if rt.paused_until.is_some() {
+                    Some(Reason::Paused)
+                } else {
+                    match rt.counters.admit(&rt.svc.limits, key, now) {
+                        Decision::Admit(k) => {
+                            rt.counters.release(k);
+                            None
+                        }
+                        Decision::Refuse(r) => Some(r),
+                        Decision::Pause(r, until) => {
+                            self.pause(s, r.key(), r.to_string(), &shown, until, now);
+                            Some(Reason::Paused)
+                        }
                     }
-                    Decision::Refuse(r) => Some(r),
-                    Decision::Pause(r, until) => {
-                        self.pause(s, r.key(), r.to_string(), &shown, until, now);
-                        Some(Reason::Paused)
-                    }
-                }
-            };
+                };
             if let Some(r) = reason {
                 self.count_refusal(s, r.key(), r.to_string(), key, &shown, "drop", now);
                 continue;
@@ -915,6 +901,29 @@ impl Server {
         for slot in std::mem::take(&mut self.inside.again) {
             self.inside_event(slot);
         }
+    }
+
+    /// The ports an internal UDP service must not answer (at each swap).
+    pub(super) fn set_loop_ports(&mut self) {
+        let mut ports: Vec<u16> = self
+            .services
+            .iter()
+            .filter_map(|rt| rt.svc.internal())
+            .map(Internal::port)
+            .chain(self.listeners.iter().filter_map(|l| {
+                match (
+                    &l.local,
+                    self.services[l.service].svc.internal(),
+                    l.sock_type,
+                ) {
+                    (Address::Inet(a), Some(_), SockType::Dgram) => Some(a.port()),
+                    _ => None,
+                }
+            }))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        self.inside.loop_ports = ports;
     }
 
     /// Reload: entries follow their service to its new index; those of

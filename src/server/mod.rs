@@ -855,7 +855,7 @@ impl Server {
         } else {
             fate
         };
-        let message = rt.svc.refusal.message.clone();
+        perform(conn, fate, &r.message);
         self.count_refusal(
             s,
             reason.key(),
@@ -865,7 +865,6 @@ impl Server {
             fate.as_str(),
             now,
         );
-        perform(conn, fate, &message);
     }
 
     /// Counts a refusal (metrics, always) and logs it at most once per

@@ -182,6 +182,7 @@ impl Server {
         self.sessions_remap(&old_to_new_listener);
         self.services = new_services;
         self.listeners = new_listeners;
+        self.set_loop_ports();
         self.backlog = (0..self.listeners.len())
             .filter(|&i| self.listeners[i].registered)
             .collect();

@@ -476,3 +476,51 @@ fn proxy_optional_serves_direct_clients_and_local_keeps_addresses() {
     s.read_to_string(&mut out).unwrap();
     assert_eq!(out, "127.0.0.2 127.0.0.2\n");
 }
+
+#[test]
+fn udp_sessions_over_the_instance_limit_are_dropped_and_logged() {
+    let dir = TempDir::new();
+    dir.write(
+        "udp-hold",
+        "#!/usr/bin/python3\nimport socket\ns = socket.socket(fileno=0)\n\
+         while True:\n    d = s.recv(65535)\n    if d == b'quit':\n        break\n    s.send(b'ok ' + d)\n",
+        true,
+    );
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 dgram udp nowait,max-child=1 root {dir}/udp-hold udp-hold\n",
+        &[],
+    );
+    let svc = d.addr(0);
+    let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let second = UdpSocket::bind("127.0.0.1:0").unwrap();
+    first.set_read_timeout(Some(DEADLINE)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    first.send_to(b"a", svc).unwrap();
+    let n = first.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"ok a");
+    // The one instance is taken: the second peer's datagram is dropped,
+    // logged, and the first peer's session goes on.
+    second.send_to(b"b", svc).unwrap();
+    assert!(second.recv(&mut b).is_err(), "a second handler answered");
+    assert!(d
+        .log
+        .wait_for(
+            &["refuse service=", "reason=instances", "fate=drop"],
+            DEADLINE
+        )
+        .is_some());
+    first.send_to(b"c", svc).unwrap();
+    let n = first.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"ok c");
+    // Once the first handler is gone, the second peer gets one.
+    first.send_to(b"quit", svc).unwrap();
+    assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 1));
+    second.set_read_timeout(Some(DEADLINE)).unwrap();
+    second.send_to(b"d", svc).unwrap();
+    let n = second.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"ok d");
+}
