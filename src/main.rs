@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod error;
 mod events;
+mod footprint;
 mod internal;
 mod listen;
 mod metrics;

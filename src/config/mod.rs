@@ -572,6 +572,29 @@ pub struct Service {
 }
 
 impl Service {
+    /// Gives back the spare capacity the parsers' vectors grew with (a
+    /// vector's first push reserves four): a loaded service lives as long
+    /// as its configuration, and a thousand of them add up.
+    pub fn shrink_to_fit(&mut self) {
+        self.name.shrink_to_fit();
+        self.endpoints.shrink_to_fit();
+        if let Handler::Exec { argv, .. } = &mut self.handler {
+            argv.shrink_to_fit();
+        }
+        if let Some(c) = &mut self.creds {
+            c.groups.shrink_to_fit();
+        }
+        self.fd_name.shrink_to_fit();
+        self.exec.pass_env.shrink_to_fit();
+        self.exec.set_env.shrink_to_fit();
+        self.exec.rlimits.shrink_to_fit();
+        for v in [&mut self.access.uids, &mut self.access.gids] {
+            v.shrink_to_fit();
+        }
+        self.access.allow.shrink_to_fit();
+        self.access.deny.shrink_to_fit();
+    }
+
     pub fn internal(&self) -> Option<Internal> {
         match self.handler {
             Handler::Internal(i) => Some(i),

@@ -253,6 +253,7 @@ impl Server {
         shown: String,
         now: Instant,
     ) {
+        self.served_since_trim = true;
         let rt = &mut self.services[s];
         let cap = rt.svc.limits.max_instances.unwrap_or(INSIDE_MAX);
         if rt.counters.running() > cap {
@@ -799,7 +800,8 @@ impl Server {
         let m = self.metrics.service(&rt.label);
         m.accepted += 1;
         let fd = theirs.as_raw_fd();
-        let mut launch = Launch::new(&rt.image, fd, &[fd], &peer, self.devnull.as_raw_fd());
+        let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
+        let mut launch = Launch::new(image, fd, &[fd], &peer, self.devnull.as_raw_fd());
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
                 m.spawned += 1;

@@ -31,6 +31,7 @@ use crate::config::{
 };
 use crate::error::Error;
 use crate::events::{emit, V};
+use crate::footprint::Footprint;
 use crate::listen::{self, storage_to_std, UnlinkOnDrop};
 use crate::metrics::{self, Gauges, Metrics};
 use crate::notify::{self, Notify};
@@ -44,6 +45,11 @@ mod inside;
 mod reload;
 mod scrape;
 
+/// Traffic pulls code and data pages back in; they are given back when the
+/// loop goes idle with no handler running, at least this long after the
+/// previous time (a steady stream pays for it once per interval, not per
+/// connection).
+const TRIM_AFTER: Duration = Duration::from_secs(10);
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const METRICS_TOKEN: Token = Token(usize::MAX - 1);
 /// Scrape connections use tokens from here up.
@@ -93,10 +99,23 @@ pub struct Options {
 struct ServiceRt {
     svc: Service,
     label: String,
-    image: Image,
+    /// What a spawn of this service needs, made at its first spawn: a
+    /// service nobody connects to costs no argv, envp or credentials.
+    image: Option<Box<Image>>,
     counters: Counters,
     paused_until: Option<Instant>,
     listeners: Vec<usize>,
+}
+
+/// A service's spawn image, made on first use. (A function of the two
+/// fields, so that the rest of the service can be borrowed meanwhile.)
+fn image_of<'a>(
+    image: &'a mut Option<Box<Image>>,
+    svc: &Service,
+    base: &BaseEnv,
+    reset_signals: &[libc::c_int],
+) -> &'a Image {
+    image.get_or_insert_with(|| Box::new(Image::new(svc, base, reset_signals)))
 }
 
 /// The state of a `wait` listener.
@@ -172,6 +191,13 @@ pub struct Server {
     /// Handler deadlines (`timeout`), earliest first; entries whose child
     /// is gone or has a newer deadline are dropped when they surface.
     timeouts: BinaryHeap<Reverse<(Instant, i32)>>,
+    footprint: Footprint,
+    /// A configuration was loaded since the last give-back.
+    loaded: bool,
+    /// A handler was started or an internal connection opened since the
+    /// last give-back, at `trim_last`.
+    served_since_trim: bool,
+    trim_last: Instant,
     /// `--max-children` was reached: every listener is unwatched.
     global_full: bool,
     /// Internal connections, pending PROXY reads, UDP sessions.
@@ -276,11 +302,14 @@ impl Server {
             notify: Notify::from_env(),
             timeouts: BinaryHeap::new(),
             global_full: false,
+            footprint: Footprint::new(),
+            loaded: true,
+            served_since_trim: false,
+            trim_last: Instant::now(),
             inside: inside::Inside::default(),
             opts,
         };
         server.swap(loaded.services, true)?;
-        release_freed_memory();
         server
             .trap
             .register(server.poll.registry(), SIGNAL_TOKEN)
@@ -330,6 +359,15 @@ impl Server {
         Ok(server)
     }
 
+    /// Gives back free heap and the file pages the daemon mapped
+    /// ([`Footprint::release`]).
+    fn release_memory(&mut self, now: Instant) {
+        self.loaded = false;
+        self.served_since_trim = false;
+        self.trim_last = now;
+        self.footprint.release();
+    }
+
     fn notify_status(&self, first: &str) {
         if let Some(n) = &self.notify {
             n.send(&format!(
@@ -357,6 +395,18 @@ impl Server {
             } else {
                 Some(Duration::ZERO)
             };
+            if timeout.is_none()
+                && (self.loaded
+                    || (self.served_since_trim
+                        && self.children.is_empty()
+                        && now.saturating_duration_since(self.trim_last) >= TRIM_AFTER))
+            {
+                // Nothing to do until the next event: what start-up, a
+                // reload or the traffic since the last time touched and
+                // freed is given back, right before the wait (anything
+                // run between the two would map pages back in).
+                self.release_memory(now);
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     error!("epoll_wait: {e}");
@@ -770,7 +820,8 @@ impl Server {
         let m = self.metrics.service(&rt.label);
         m.accepted += 1;
         let fd = conn.as_raw_fd();
-        let mut launch = Launch::new(&rt.image, fd, &[fd], &peer, self.devnull.as_raw_fd());
+        let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
+        let mut launch = Launch::new(image, fd, &[fd], &peer, self.devnull.as_raw_fd());
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
                 m.spawned += 1;
@@ -808,6 +859,7 @@ impl Server {
         wait: Option<WaitHold>,
         session: Option<usize>,
     ) {
+        self.served_since_trim = true;
         let rt = &self.services[s];
         let deadline = rt.svc.exec.runtime_max.map(|t| now + t);
         if let Some(t) = deadline {
@@ -1032,13 +1084,8 @@ impl Server {
             .iter()
             .map(|&g| self.listeners[g].fd.as_raw_fd())
             .collect();
-        let mut launch = Launch::new(
-            &rt.image,
-            lfd,
-            &fds,
-            &Peer::Listener,
-            self.devnull.as_raw_fd(),
-        );
+        let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
+        let mut launch = Launch::new(image, lfd, &fds, &Peer::Listener, self.devnull.as_raw_fd());
         let m = self.metrics.service(&rt.label);
         match spawn::spawn(&mut launch) {
             Ok(pid) => {
@@ -1367,13 +1414,6 @@ impl Server {
 /// Hands the heap that loading a configuration used and freed back to the
 /// kernel: parsing a thousand services peaks at a few MiB that the
 /// allocator would otherwise keep resident for the daemon's whole life.
-fn release_freed_memory() {
-    // SAFETY: malloc_trim only releases free memory of the allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Whether any process other than zombies belongs to session `sid`.
 fn session_alive(sid: i32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -25,7 +25,7 @@ impl Server {
         let mut old_to_new_listener: Vec<Option<usize>> = vec![None; old_listeners.len()];
         let mut old_to_new_service: Vec<Option<usize>> = vec![None; old_services.len()];
         let mut new_listeners: Vec<ListenerRt> = Vec::new();
-        let mut new_services: Vec<ServiceRt> = Vec::new();
+        let mut new_services: Vec<ServiceRt> = Vec::with_capacity(services.len());
         'svc: for svc in services {
             let idx = new_services.len();
             let label = svc.label();
@@ -115,11 +115,13 @@ impl Server {
                 });
             }
             mine.sort_unstable();
-            let image = Image::new(&svc, &self.base_env, &self.reset_signals);
+            mine.shrink_to_fit();
+            let mut svc = svc;
+            svc.shrink_to_fit();
             new_services.push(ServiceRt {
                 svc,
                 label,
-                image,
+                image: None,
                 counters: Counters::default(),
                 paused_until: None,
                 listeners: mine,
@@ -182,6 +184,7 @@ impl Server {
         self.sessions_remap(&old_to_new_listener);
         self.services = new_services;
         self.listeners = new_listeners;
+        self.listeners.shrink_to_fit();
         self.set_loop_ports();
         self.backlog = (0..self.listeners.len())
             .filter(|&i| self.listeners[i].registered)
@@ -220,7 +223,7 @@ impl Server {
                     warn!("{w}");
                 }
                 let left_out = self.swap(loaded.services, false).unwrap_or(0);
-                release_freed_memory();
+                self.loaded = true;
                 emit(
                     if left_out == 0 {
                         Level::Info

@@ -139,7 +139,7 @@ fn chargen_clients_that_never_read_cost_little() {
         "127.0.0.1:0 stream tcp nowait.0 root internal chargen\n127.0.0.1:0 stream tcp nowait root internal echo\n",
         &[],
     );
-    let rss0 = rss_kb(d.pid());
+    let rss0 = anon_kb(d.pid());
     let idle: Vec<TcpStream> = (0..500).map(|_| connect(d.addr(0))).collect();
     // Every connection is open and stuck with a full socket buffer.
     assert!(eventually(DEADLINE, || d
@@ -154,10 +154,10 @@ fn chargen_clients_that_never_read_cost_little() {
         s.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"ping");
     }
-    let grown = rss_kb(d.pid()).saturating_sub(rss0);
+    let grown = anon_kb(d.pid()).saturating_sub(rss0);
     assert!(
         grown < 4096,
-        "RSS grew by {grown} kB for 500 stuck chargen clients"
+        "private memory grew by {grown} kB for 500 stuck chargen clients"
     );
     drop(idle);
     // 500 chargen and 20 echo connections ended.

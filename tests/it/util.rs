@@ -364,9 +364,21 @@ pub fn env_map(text: &str) -> std::collections::HashMap<String, String> {
 
 /// The kB in `VmRSS:` of a process.
 pub fn rss_kb(pid: i32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, `RssFile:`).
+pub fn status_kb(pid: i32, name: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
+}
+
+/// The private memory of a process: what it would give back by exiting.
+/// (Growth is measured on this: code pages that traffic maps back in are
+/// shared page cache, and doorman unmaps them again when idle.)
+pub fn anon_kb(pid: i32) -> u64 {
+    status_kb(pid, "RssAnon:")
 }
