@@ -148,9 +148,12 @@ fn main() {
     // 3. The servers, interleaved.
     let mut list: Vec<Server> = vec![
         Server::doorman("doorman", &handlers.hello, "auto"),
-        Server::doorman("doorman (clone only)", &handlers.hello, "clone"),
+        Server::doorman("doorman (vfork)", &handlers.hello, "vfork"),
         Server::doorman("doorman (fork)", &handlers.hello, "fork"),
     ];
+    if let Some(m) = &handlers.minspawn {
+        list.push(Server::minspawn(m, &handlers.hello));
+    }
     if a.peers {
         list.extend(servers::peers(&handlers.hello));
     }
@@ -179,6 +182,9 @@ fn main() {
     let mut nolibc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     if let Some(h) = &handlers.nolibc {
         let mut list2 = vec![Server::doorman("doorman", h, "auto")];
+        if let Some(m) = &handlers.minspawn {
+            list2.push(Server::minspawn(m, h));
+        }
         if a.peers {
             list2.extend(servers::peers(h));
         }
@@ -191,7 +197,22 @@ fn main() {
         }
     }
 
-    // 5. Idle footprint and start-up.
+    // 5. Idle footprint and start-up; and the benchmarked doorman's own,
+    //    after all its connections.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", list[0].pid())).unwrap_or_default();
+    let kb = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(String::from("?"), |v| v.trim().to_string())
+    };
+    let after = format!(
+        "VmRSS {}, RssAnon {}, RssFile {}",
+        kb("VmRSS:"),
+        kb("RssAnon:"),
+        kb("RssFile:")
+    );
     let (rss1, _) = servers::idle(&handlers.hello, 1);
     let (rss1000, ready1000) = servers::idle(&handlers.hello, 1000);
 
@@ -209,6 +230,7 @@ fn main() {
          1,000 ports listening {:.1} ms after exec",
         ms(ready1000)
     );
+    println!("benchmarked doorman after all its connections: {after}");
     let errors: usize = results.values().flatten().map(|p| p.errors).sum();
     if a.smoke && errors > 0 {
         eprintln!("smoke: {errors} failed connections");
@@ -293,15 +315,23 @@ fn print_table(
         let f = med("doorman (fork)", c);
         let best = list
             .iter()
-            .filter(|s| !s.name.starts_with("doorman"))
+            .filter(|s| !s.name.starts_with("doorman") && s.name != servers::MINSPAWN)
             .map(|s| (med(&s.name, c), s.name.as_str()))
             .max_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
         let mut line = format!(
-            "- c={c}: doorman / TCP+spawn limit {:.2}, doorman / doorman (fork) {:.2}, doorman (clone only) / doorman (fork) {:.2}",
+            "- c={c}: doorman / TCP+spawn limit {:.2}, doorman / doorman (vfork) {:.2}, doorman / doorman (fork) {:.2}",
             d / limit(c),
+            d / med("doorman (vfork)", c),
             d / f,
-            med("doorman (clone only)", c) / f
         );
+        if list.iter().any(|s| s.name == servers::MINSPAWN) {
+            let m = med(servers::MINSPAWN, c);
+            line += &format!(
+                ", minimal C spawner / TCP+spawn limit {:.2}, doorman / minimal C spawner {:.2}",
+                m / limit(c),
+                d / m
+            );
+        }
         if let Some((b, name)) = best {
             line += &format!(", doorman / best peer ({name}) {:.2}", d / b);
         }

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const DOORMAN: &str = env!("CARGO_BIN_EXE_doorman");
+/// The name the minimal C spawner goes by in tables.
+pub const MINSPAWN: &str = "minimal C spawner (reference)";
 /// Where benches/deps.sh unpacks xinetd and openbsd-inetd.
 const PEERS: &str = "/opt/doorman-peers/usr/sbin";
 
@@ -18,6 +20,9 @@ pub struct Handlers {
     pub hello: PathBuf,
     /// The same without libc (x86-64 only).
     pub nolibc: Option<PathBuf>,
+    /// The yardstick: a minimal C spawner (epoll, accept4, vfork+execve,
+    /// signalfd), `minspawn PORT PROGRAM`.
+    pub minspawn: Option<PathBuf>,
 }
 
 fn out_dir() -> PathBuf {
@@ -54,7 +59,12 @@ pub fn build_handlers() -> Handlers {
     } else {
         None
     };
-    Handlers { hello, nolibc }
+    let minspawn = cc("minspawn", &[]);
+    Handlers {
+        hello,
+        nolibc,
+        minspawn,
+    }
 }
 
 pub fn machine() -> String {
@@ -156,6 +166,14 @@ impl Server {
     }
 
     /// doorman with `DOORMAN_SPAWN=method` (`auto`: the default).
+    /// The minimal C spawner, a reference point rather than a peer.
+    pub fn minspawn(prog: &Path, handler: &Path) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(prog);
+        cmd.arg(port.to_string()).arg(handler);
+        Server::start(MINSPAWN, port, cmd, None)
+    }
+
     pub fn doorman(name: &str, handler: &Path, method: &str) -> Server {
         let port = free_port();
         let mut cmd = Command::new(DOORMAN);

@@ -365,6 +365,7 @@ impl Server {
         self.loaded = false;
         self.served_since_trim = false;
         self.trim_last = now;
+        spawn::trim();
         self.footprint.release();
     }
 
@@ -1133,36 +1134,51 @@ impl Server {
                 debug!("reaped orphan pid={} {}", exit.pid, exit.outcome);
                 continue;
             };
-            let mut fields = vec![
-                ("service", V::S(&child.label)),
-                ("pid", V::N(exit.pid.as_raw().into())),
-            ];
-            match exit.outcome {
-                Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
-                Outcome::Signaled(sig, core) => {
-                    fields.push(("signal", V::O(signal_name(sig))));
-                    if core {
-                        fields.push(("core", V::S("yes")));
+            let s = child.service;
+            // A detached clone that could not exec reports why only now
+            // (see `spawn::spawn`): it is a spawn failure, not an exit.
+            let failed_spawn = spawn::failure(exit.pid);
+            if let Some(e) = &failed_spawn {
+                let m = self.metrics.service(&child.label);
+                m.spawned = m.spawned.saturating_sub(1);
+                m.spawn_failures += 1;
+                match self.services.get(s) {
+                    Some(rt) => log_spawn_error(&rt.svc, e, &child.peer),
+                    None => error!("{}: {e} (peer={})", child.label, child.peer),
+                }
+            } else {
+                let mut fields = vec![
+                    ("service", V::S(&child.label)),
+                    ("pid", V::N(exit.pid.as_raw().into())),
+                ];
+                match exit.outcome {
+                    Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
+                    Outcome::Signaled(sig, core) => {
+                        fields.push(("signal", V::O(signal_name(sig))));
+                        if core {
+                            fields.push(("core", V::S("yes")));
+                        }
                     }
                 }
+                fields.push(("duration_ms", V::N(exit.duration.as_millis() as i64)));
+                emit(Level::Info, "exit", &fields);
+                let m = self.metrics.service(&child.label);
+                match exit.outcome {
+                    Outcome::Exited(0) => m.exits_success += 1,
+                    Outcome::Exited(_) => m.exits_failure += 1,
+                    Outcome::Signaled(..) => m.exits_signal += 1,
+                }
+                m.observe(exit.duration);
             }
-            fields.push(("duration_ms", V::N(exit.duration.as_millis() as i64)));
-            emit(Level::Info, "exit", &fields);
-            let m = self.metrics.service(&child.label);
-            match exit.outcome {
-                Outcome::Exited(0) => m.exits_success += 1,
-                Outcome::Exited(_) => m.exits_failure += 1,
-                Outcome::Signaled(..) => m.exits_signal += 1,
-            }
-            m.observe(exit.duration);
-            let s = child.service;
             if let Some(rt) = self.services.get_mut(s) {
                 rt.counters.release(child.source);
             }
             if let Some(slot) = child.session {
                 self.session_end(slot);
             }
-            if !child.timed_out {
+            if let Some(e) = failed_spawn {
+                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
+            } else if !child.timed_out {
                 let failed = exit.outcome != Outcome::Exited(0);
                 self.crash_check(s, failed, exit.duration, &exit.outcome.to_string(), now);
             }
@@ -1287,6 +1303,8 @@ impl Server {
                 ("internal_connections", V::N(self.inside.conns.len() as i64)),
                 ("proxy_pending", V::N(self.inside.pending.len() as i64)),
                 ("udp_sessions", V::N(self.inside.sessions.len() as i64)),
+                ("spawn_slots", V::N(spawn::slots().0 as i64)),
+                ("spawn_slots_held", V::N(spawn::slots().1 as i64)),
             ],
         );
         for (pid, c) in self.children.iter() {
@@ -1312,6 +1330,8 @@ impl Server {
         if let Some(n) = &self.notify {
             n.send("STOPPING=1");
         }
+        // Nothing is freed while a child on its way to exec reads it.
+        spawn::quiesce(Duration::from_secs(2));
         emit(
             Level::Info,
             "stop",

@@ -128,6 +128,18 @@ impl Server {
             });
         }
         // Counters and pauses follow the service that took over a socket.
+        // Children on their way to exec may still read the old images
+        // (and nothing else of the old services): wait for them, or keep
+        // the images for good.
+        let mut old_services = old_services;
+        if !spawn::quiesce(Duration::from_secs(2)) {
+            warn!("reload: a handler is still starting after 2 s; the old spawn images are kept");
+            for s in &mut old_services {
+                if let Some(image) = s.image.take() {
+                    Box::leak(image);
+                }
+            }
+        }
         let old_labels: Vec<String> = old_services.iter().map(|s| s.label.clone()).collect();
         for (old, n) in old_services.into_iter().zip(&old_to_new_service) {
             if let Some(n) = n {

@@ -1,4 +1,5 @@
-//! The only code that runs between the spawn (`clone(CLONE_VM |
+//! The only code that runs between the spawn (the detached
+//! `clone(CLONE_VM | CLONE_CHILD_CLEARTID)`, `clone(CLONE_VM |
 //! CLONE_VFORK)`, or `fork()`) and `execve()`.
 //!
 //! # The child contract
@@ -9,50 +10,188 @@
 //!    `initgroups` here), the fd moves as a fixed array, the list of signals
 //!    to reset, and where to report a failure: a slot in the parent's memory
 //!    (clone) or a close-on-exec error pipe (fork). See [`super::image`].
-//! 2. **Allowed here:** raw system calls through `libc` only: `sigprocmask`,
-//!    `sigaction`, `setsid`, `dup2`, `fcntl`, `setrlimit`, `setpriority`,
-//!    `umask`, `setgroups` → `setgid` → `setuid` (in that order, as raw
-//!    `syscall`s: glibc's wrappers may broadcast to the parent's threads,
-//!    whose list the clone child shares) and their verification with
-//!    `getuid` and friends, `chdir`, `getpid`, `write`, `execve`, `_exit`.
-//!    Nothing else: no allocation, no logging, no locks, no `CString::new`,
-//!    no `format!`, no `nix::unistd::execve` (it allocates). With
-//!    `CLONE_VM` the child runs in doorman's memory on a stack of its own:
-//!    the only memory it writes is that stack, the `LISTEN_PID` digit slot
-//!    and the report slot, and errno (doorman's, shared: the parent reads
-//!    no errno it did not just set itself after the clone).
-//! 3. **Fd rule:** fds 0-2 are placed first (their sources are all ≥ 3, or
+//! 2. **Allowed here:** system calls made directly ([`sys`]: an inline
+//!    `syscall`/`svc` instruction on x86-64 and AArch64), in this order:
+//!    `rt_sigaction`, `rt_sigprocmask`, `setsid`, `fcntl`, `dup3`,
+//!    `prlimit64`, `setpriority`, `umask`, `setgroups` → `setgid` →
+//!    `setuid` and their verification with `getuid` and friends, `chdir`,
+//!    `getpid`, `execve`, and on failure `write` and `exit`. Not through
+//!    the C library: its wrappers write `errno`, a thread-local of
+//!    doorman's own thread, which the detached child shares while doorman
+//!    runs (and its credential wrappers consult the thread list, which a
+//!    `CLONE_VM` child shares too). Nothing else: no allocation, no
+//!    logging, no locks, no `CString::new`, no `format!`, no
+//!    `nix::unistd::execve` (it allocates).
+//! 3. **Memory:** with `CLONE_VM` the child runs in doorman's memory on a
+//!    stack of its own. The only memory it writes is that stack, the
+//!    `LISTEN_PID` digits and the report slot; the detached child's are
+//!    its own (a slot in [`super`]) until the kernel clears the slot's
+//!    `busy` word at its exec or exit, and doorman neither reuses them nor
+//!    frees what the plan points into (a reload waits for such children
+//!    first: [`super::quiesce`]).
+//! 4. **Fd rule:** fds 0-2 are placed first (their sources are all ≥ 3, or
 //!    fd 2 itself for "doorman's stderr"); then the `LISTEN_FDS` sockets go
 //!    to 3, 4, ...: a source already inside that range is first copied
 //!    above it, so that no placement overwrites a socket still to be
 //!    placed; a socket already at its place has `FD_CLOEXEC` cleared
-//!    explicitly (`dup2` to itself would leave it set). The error pipe is
-//!    moved above the range first. Sockets are handed blocking.
-//! 4. **Failure path:** store the stage and errno in the report slot (or
+//!    explicitly (`dup3` to itself is refused). The error pipe is moved
+//!    above the range first. Sockets are handed blocking. (The child has
+//!    a copy of doorman's fd table: no `CLONE_FILES`.)
+//! 5. **Failure path:** store the stage and errno in the report slot (or
 //!    write one stage byte and the 4 errno bytes to the pipe), then
-//!    `_exit(127)`.
-//! 5. **Never return:** [`exec_child`] is `-> !`; a child that returned
+//!    `exit(127)`. A detached child's report is read when it is reaped.
+//! 6. **Never return:** [`exec_child`] is `-> !`; a child that returned
 //!    would become a second doorman running the event loop.
-//! 6. **Signals:** doorman installs no signal handler (its trapped signals
+//! 7. **Signals:** doorman installs no signal handler (its trapped signals
 //!    stay blocked and are read from a signalfd), so none can run in the
 //!    child, which shares its memory. The child resets to `SIG_DFL` the
 //!    signals doorman ignores (SIGPIPE, and what it inherited ignored),
 //!    then empties the mask it inherited. Nothing else: every other
-//!    disposition is already the default.
-//! 7. **Why each call is safe here:** `sigprocmask`, `sigaction`, `setsid`,
-//!    `dup2`, `fcntl`, `umask`, `setgid`, `setuid`, `getuid` & co.,
-//!    `chdir`, `getpid`, `write`, `execve` and `_exit` are on POSIX's list
-//!    of async-signal-safe functions (signal-safety(7)); `setrlimit`,
-//!    `setpriority` and `setgroups` are not listed but are, in glibc, thin
-//!    wrappers around one system call that touch no lock and no heap; and
-//!    the three credential calls are made as raw `syscall`s (point 2), so
-//!    no glibc state is involved at all. Reading `errno` reads a
-//!    thread-local. The same list, call by call, is in doorman(8), CHILD
-//!    CONTRACT.
+//!    disposition is already the default. (The kernel gives a detached
+//!    `CLONE_VM` child no alternate signal stack and no rseq area, so it
+//!    shares neither with doorman.)
+//! 8. **Why this is safe:** every step is one system call on memory
+//!    prepared before the clone and not touched by doorman until the child
+//!    is gone from it; no library state is read or written. The same
+//!    list, call by call, is in doorman(8), CHILD CONTRACT.
 
 use std::os::fd::RawFd;
 
-use libc::{c_char, c_int, gid_t, pid_t, uid_t};
+use libc::{c_char, c_int, c_long, gid_t, pid_t, uid_t};
+
+/// System calls made without the C library: the result, or the errno as
+/// a value. Nothing is written to `errno`, which is a thread-local of the
+/// thread that made the clone: a child that runs alongside doorman in its
+/// memory (the detached clone) must not write it.
+pub mod sys {
+    use libc::c_long;
+
+    /// Whether this architecture has the raw system calls below (elsewhere
+    /// they go through `libc::syscall`, which writes errno, and the
+    /// detached clone is not used).
+    pub const RAW: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+    /// One system call with up to six arguments.
+    ///
+    /// # Safety
+    /// The arguments must be valid for system call `n`, as for `syscall(2)`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub unsafe fn call(n: c_long, a: [usize; 6]) -> Result<usize, i32> {
+        let ret: isize;
+        // SAFETY: the x86-64 system call convention: number in rax,
+        // arguments in rdi, rsi, rdx, r10, r8, r9; the kernel clobbers rcx
+        // and r11 and returns in rax. No stack is used.
+        unsafe {
+            core::arch::asm!(
+                "syscall",
+                inlateout("rax") n as isize => ret,
+                in("rdi") a[0],
+                in("rsi") a[1],
+                in("rdx") a[2],
+                in("r10") a[3],
+                in("r8") a[4],
+                in("r9") a[5],
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack)
+            );
+        }
+        decode(ret)
+    }
+
+    /// One system call with up to six arguments.
+    ///
+    /// # Safety
+    /// The arguments must be valid for system call `n`, as for `syscall(2)`.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    pub unsafe fn call(n: c_long, a: [usize; 6]) -> Result<usize, i32> {
+        let ret: isize;
+        // SAFETY: the AArch64 system call convention: number in x8,
+        // arguments in x0-x5, result in x0. No stack is used.
+        unsafe {
+            core::arch::asm!(
+                "svc 0",
+                in("x8") n,
+                inlateout("x0") a[0] as isize => ret,
+                in("x1") a[1],
+                in("x2") a[2],
+                in("x3") a[3],
+                in("x4") a[4],
+                in("x5") a[5],
+                options(nostack)
+            );
+        }
+        decode(ret)
+    }
+
+    /// Elsewhere: the C library's `syscall`, which sets errno on failure.
+    ///
+    /// # Safety
+    /// The arguments must be valid for system call `n`, as for `syscall(2)`.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    pub unsafe fn call(n: c_long, a: [usize; 6]) -> Result<usize, i32> {
+        // SAFETY: as the caller promised.
+        let r = unsafe { libc::syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]) };
+        if r == -1 {
+            Err(unsafe { *libc::__errno_location() })
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// The kernel returns -errno for errors: -4095..=-1.
+    #[allow(dead_code)]
+    fn decode(ret: isize) -> Result<usize, i32> {
+        if (-4095..0).contains(&ret) {
+            Err(-ret as i32)
+        } else {
+            Ok(ret as usize)
+        }
+    }
+
+    /// Shorthands by argument count.
+    ///
+    /// # Safety
+    /// As [`call`].
+    #[inline(always)]
+    pub unsafe fn call0(n: c_long) -> Result<usize, i32> {
+        unsafe { call(n, [0; 6]) }
+    }
+    /// # Safety
+    /// As [`call`].
+    #[inline(always)]
+    pub unsafe fn call1(n: c_long, a: usize) -> Result<usize, i32> {
+        unsafe { call(n, [a, 0, 0, 0, 0, 0]) }
+    }
+    /// # Safety
+    /// As [`call`].
+    #[inline(always)]
+    pub unsafe fn call2(n: c_long, a: usize, b: usize) -> Result<usize, i32> {
+        unsafe { call(n, [a, b, 0, 0, 0, 0]) }
+    }
+    /// # Safety
+    /// As [`call`].
+    #[inline(always)]
+    pub unsafe fn call3(n: c_long, a: usize, b: usize, c: usize) -> Result<usize, i32> {
+        unsafe { call(n, [a, b, c, 0, 0, 0]) }
+    }
+    /// # Safety
+    /// As [`call`].
+    #[inline(always)]
+    pub unsafe fn call4(n: c_long, a: usize, b: usize, c: usize, d: usize) -> Result<usize, i32> {
+        unsafe { call(n, [a, b, c, d, 0, 0]) }
+    }
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` with `SIG_DFL`: all
+/// zero (handler, flags, restorer, mask), and larger than any
+/// architecture's layout of it.
+#[repr(C)]
+struct KernelSigaction {
+    words: [usize; 8],
+}
 
 /// Which step failed, as sent on the error pipe (the first byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,13 +323,14 @@ pub fn decode(v: u64) -> Option<(Option<Stage>, c_int)> {
 /// Reports `stage` and `errno` and exits 127.
 ///
 /// # Safety
-/// Only async-signal-safe calls: a store into the parent-prepared slot (or
-/// `write`) and `_exit`. A `Slot` pointer must be valid for writes.
+/// Only raw system calls: a store into the parent-prepared slot (or
+/// `write`) and `exit`. A `Slot` pointer must be valid for writes.
 unsafe fn fail(report: Report, stage: Stage, errno: c_int) -> ! {
     match report {
         // A volatile store: the compiler must not drop it as dead before
-        // `_exit`; the parent reads it only after the kernel has woken it
-        // (the vfork completion), which orders the two.
+        // the exit; the parent reads it only after the kernel has told it
+        // the child is gone (the vfork completion, or the child's exit
+        // status), which orders the two.
         Report::Slot(slot) => std::ptr::write_volatile(slot, encode(stage, errno)),
         Report::Pipe(fd) => {
             let e = errno.to_ne_bytes();
@@ -198,16 +338,36 @@ unsafe fn fail(report: Report, stage: Stage, errno: c_int) -> ! {
             // A short or failed write leaves the parent reading 0 bytes,
             // which it can tell apart from success by the exit status 127
             // when it reaps.
-            let _ = libc::write(fd, msg.as_ptr().cast(), msg.len());
+            let _ = sys::call3(
+                libc::SYS_write,
+                fd as usize,
+                msg.as_ptr() as usize,
+                msg.len(),
+            );
         }
     }
-    libc::_exit(127)
+    exit(127)
 }
 
-fn errno() -> c_int {
-    // SAFETY: `__errno_location` returns the calling thread's errno slot,
-    // valid for the life of the thread; reading it is async-signal-safe.
-    unsafe { *libc::__errno_location() }
+/// `_exit` as one system call (this process only: the child is no thread).
+unsafe fn exit(status: c_int) -> ! {
+    let _ = sys::call1(libc::SYS_exit, status as usize);
+    // exit does not return; should it, fault rather than run on.
+    std::process::abort()
+}
+
+/// The value of an `Ok`, or the failure reported.
+#[inline(always)]
+unsafe fn check(r: Result<usize, i32>, report: Report, stage: Stage) -> usize {
+    match r {
+        Ok(v) => v,
+        Err(e) => fail(report, stage, e),
+    }
+}
+
+/// `dup2(src, dst)` for `src != dst` (dup3: AArch64 has no dup2).
+unsafe fn dup_to(src: RawFd, dst: RawFd) -> Result<usize, i32> {
+    sys::call3(libc::SYS_dup3, src as usize, dst as usize, 0)
 }
 
 /// Writes `pid` in decimal into `slot` (of `width` bytes) followed by a NUL.
@@ -239,7 +399,8 @@ pub unsafe fn write_pid(slot: *mut u8, width: usize, pid: pid_t) {
 ///
 /// # Safety
 /// Must be called only in a child just created by `clone(CLONE_VM |
-/// CLONE_VFORK)` (on a stack of its own) or `fork()`, from a
+/// CLONE_CHILD_CLEARTID)` or `clone(CLONE_VM | CLONE_VFORK)` (on a stack
+/// of its own) or `fork()`, from a
 /// single-threaded parent that has no signal handler installed (see
 /// `crate::signals`), with a `plan` whose
 /// pointers all point into memory the parent prepared (valid,
@@ -249,44 +410,57 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     // Dispositions first, while doorman's trapped signals are still
     // blocked: those it ignores (SIGPIPE, and anything ignored when doorman
     // started; execve would keep them ignored).
+    let dfl = KernelSigaction { words: [0; 8] };
+    let sigset_size = 8usize; // the kernel's sigset_t: 64 signals
     for &sig in &plan.reset_signals[..plan.nsignals] {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = libc::SIG_DFL;
-        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-            fail(plan.report, Stage::Signals, errno());
-        }
+        check(
+            sys::call4(
+                libc::SYS_rt_sigaction,
+                sig as usize,
+                &dfl as *const KernelSigaction as usize,
+                0,
+                sigset_size,
+            ),
+            plan.report,
+            Stage::Signals,
+        );
     }
     // Then the handler's mask: empty.
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-        fail(plan.report, Stage::Signals, errno());
-    }
+    let empty: u64 = 0;
+    check(
+        sys::call4(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as usize,
+            &empty as *const u64 as usize,
+            0,
+            sigset_size,
+        ),
+        plan.report,
+        Stage::Signals,
+    );
 
     // A session (and process group) of its own, so that the handler is
     // not in doorman's and can be signalled as a group.
-    if libc::setsid() < 0 {
-        fail(plan.report, Stage::Setsid, errno());
-    }
+    check(sys::call0(libc::SYS_setsid), plan.report, Stage::Setsid);
 
     let n = plan.nlisten as c_int;
     let top = 3 + n;
+    let fcntl = |fd: RawFd, cmd: c_int, arg: c_int| {
+        sys::call3(libc::SYS_fcntl, fd as usize, cmd as usize, arg as usize)
+    };
     // An error pipe must survive the placements below.
     let mut report = plan.report;
     if let Report::Pipe(fd) = report {
         if fd < top {
-            let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, top);
-            if moved < 0 {
-                fail(report, Stage::Dup2, errno());
-            }
-            report = Report::Pipe(moved);
+            let moved = check(fcntl(fd, libc::F_DUPFD_CLOEXEC, top), report, Stage::Dup2);
+            report = Report::Pipe(moved as RawFd);
         }
     }
 
     for (dst, &src) in plan.std.iter().enumerate() {
         let dst = dst as c_int;
-        if src != dst && libc::dup2(src, dst) < 0 {
-            fail(report, Stage::Dup2, errno());
+        if src != dst {
+            check(dup_to(src, dst), report, Stage::Dup2);
         }
     }
 
@@ -294,20 +468,15 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     src[..plan.nlisten].copy_from_slice(&plan.listen[..plan.nlisten]);
     for (i, s) in src[..plan.nlisten].iter_mut().enumerate() {
         if *s >= 3 && *s < top && *s != 3 + i as c_int {
-            *s = libc::fcntl(*s, libc::F_DUPFD_CLOEXEC, top);
-            if *s < 0 {
-                fail(report, Stage::Dup2, errno());
-            }
+            *s = check(fcntl(*s, libc::F_DUPFD_CLOEXEC, top), report, Stage::Dup2) as RawFd;
         }
     }
     for (i, &s) in src[..plan.nlisten].iter().enumerate() {
         let dst = 3 + i as c_int;
         if s == dst {
-            if libc::fcntl(dst, libc::F_SETFD, 0) < 0 {
-                fail(report, Stage::Cloexec, errno());
-            }
-        } else if libc::dup2(s, dst) < 0 {
-            fail(report, Stage::Dup2, errno());
+            check(fcntl(dst, libc::F_SETFD, 0), report, Stage::Cloexec);
+        } else {
+            check(dup_to(s, dst), report, Stage::Dup2);
         }
     }
 
@@ -318,54 +487,91 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
             rlim_cur: soft,
             rlim_max: hard,
         };
-        if libc::setrlimit(res as libc::__rlimit_resource_t, &rl) != 0 {
-            fail(report, Stage::Rlimit, errno());
-        }
+        check(
+            sys::call4(
+                libc::SYS_prlimit64,
+                0,
+                res as usize,
+                &rl as *const libc::rlimit as usize,
+                0,
+            ),
+            report,
+            Stage::Rlimit,
+        );
     }
     if let Some(nice) = plan.nice {
-        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
-            fail(report, Stage::Nice, errno());
-        }
+        check(
+            sys::call3(
+                libc::SYS_setpriority,
+                libc::PRIO_PROCESS as usize,
+                0,
+                nice as isize as usize,
+            ),
+            report,
+            Stage::Nice,
+        );
     }
     if let Some(mask) = plan.umask {
-        libc::umask(mask);
+        let _ = sys::call1(libc::SYS_umask, mask as usize);
     }
 
     if let Some(c) = plan.creds {
         // Raw system calls: they change this task's credentials only,
         // which is all the child is. glibc's wrappers would consult the
         // thread list it shares with doorman under CLONE_VM.
-        if c.set_groups && libc::syscall(libc::SYS_setgroups, c.ngroups, c.groups) != 0 {
-            fail(report, Stage::Setgroups, errno());
+        if c.set_groups {
+            check(
+                sys::call2(libc::SYS_setgroups, c.ngroups, c.groups as usize),
+                report,
+                Stage::Setgroups,
+            );
         }
-        if libc::syscall(libc::SYS_setgid, c.gid) != 0 {
-            fail(report, Stage::Setgid, errno());
-        }
-        if libc::syscall(libc::SYS_setuid, c.uid) != 0 {
-            fail(report, Stage::Setuid, errno());
-        }
+        check(
+            sys::call1(libc::SYS_setgid, c.gid as usize),
+            report,
+            Stage::Setgid,
+        );
+        check(
+            sys::call1(libc::SYS_setuid, c.uid as usize),
+            report,
+            Stage::Setuid,
+        );
         // Verify: all ids are the target ones, and a dropped root cannot
         // come back.
-        if libc::getuid() != c.uid
-            || libc::geteuid() != c.uid
-            || libc::getgid() != c.gid
-            || libc::getegid() != c.gid
-            || (c.uid != 0 && libc::syscall(libc::SYS_setuid, 0) == 0)
+        let id = |n: c_long| sys::call0(n).unwrap_or(usize::MAX);
+        if id(libc::SYS_getuid) != c.uid as usize
+            || id(libc::SYS_geteuid) != c.uid as usize
+            || id(libc::SYS_getgid) != c.gid as usize
+            || id(libc::SYS_getegid) != c.gid as usize
+            || (c.uid != 0 && sys::call1(libc::SYS_setuid, 0).is_ok())
         {
             fail(report, Stage::VerifyCreds, libc::EPERM);
         }
     }
 
-    if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
-        fail(report, Stage::Chdir, errno());
+    if !plan.cwd.is_null() {
+        check(
+            sys::call1(libc::SYS_chdir, plan.cwd as usize),
+            report,
+            Stage::Chdir,
+        );
     }
 
     if let Some((slot, width)) = plan.listen_pid_slot {
-        write_pid(slot, width, libc::getpid());
+        let pid = sys::call0(libc::SYS_getpid).unwrap_or(0) as pid_t;
+        write_pid(slot, width, pid);
     }
 
-    libc::execve(plan.path, plan.argv, plan.envp);
-    fail(report, Stage::Exec, errno())
+    let e = match sys::call3(
+        libc::SYS_execve,
+        plan.path as usize,
+        plan.argv as usize,
+        plan.envp as usize,
+    ) {
+        Err(e) => e,
+        Ok(_) => libc::EINVAL,
+    };
+    fail(report, Stage::Exec, e)
 }
 
 #[cfg(test)]

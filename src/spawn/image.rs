@@ -348,6 +348,16 @@ impl Scratch {
     }
 }
 
+/// A detached child's own copy of its connection's bytes (see
+/// [`Launch::plan_detached`]); reused, keeping its capacity.
+#[derive(Debug, Default)]
+pub struct Own {
+    bytes: Vec<u8>,
+    envp: Vec<*const c_char>,
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+}
+
 /// One spawn: the envp of this connection and the fd plan, in the image's
 /// reused scratch buffers. Lives on the parent's stack across the spawn;
 /// the child only reads it (and writes the pid into the `LISTEN_PID`
@@ -457,6 +467,43 @@ impl<'a> Launch<'a> {
             listen: fds,
             nlisten,
         }
+    }
+
+    /// The plan for a child that runs alongside doorman (the detached
+    /// clone): the per-connection bytes are copied into `own`, which the
+    /// child keeps to itself until it has exec'd, so that the image's
+    /// scratch buffers are free for the next connection at once. (A unit
+    /// template's argv is moved there too.) The image itself must stay
+    /// alive and unchanged until then.
+    pub fn plan_detached(&mut self, report: Report, own: &mut Own) -> ChildPlan {
+        let mut plan = self.plan(report);
+        let img = self.image;
+        let scratch = img.scratch.borrow();
+        own.bytes.clear();
+        own.bytes.extend_from_slice(&scratch.bytes);
+        own.envp.clear();
+        own.envp.extend(img.env.iter().map(|c| c.as_ptr()));
+        own.envp.extend(
+            scratch
+                .starts
+                .iter()
+                .map(|&s| own.bytes[s..].as_ptr().cast::<c_char>()),
+        );
+        own.envp.push(ptr::null());
+        plan.envp = own.envp.as_ptr();
+        plan.listen_pid_slot = self.listen_pid.map(|at| {
+            // SAFETY: as in `plan`: the entry has PID_WIDTH + 1 bytes after
+            // its `=`, copied byte for byte.
+            let digits = unsafe { own.bytes.as_mut_ptr().add(at + b"LISTEN_PID=".len()) };
+            (digits, PID_WIDTH)
+        });
+        if !self.argv_ptrs.is_empty() {
+            // Moving the vectors moves no string: the pointers stay valid.
+            own.argv = std::mem::take(&mut self._argv);
+            own.argv_ptrs = std::mem::take(&mut self.argv_ptrs);
+            plan.argv = own.argv_ptrs.as_ptr();
+        }
+        plan
     }
 
     /// The raw plan for [`super::child::exec_child`]. The pointers stay

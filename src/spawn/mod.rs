@@ -1,24 +1,29 @@
-//! The parent side of a spawn: plan → clone (or fork) → learn whether the
-//! child exec'd → pid.
+//! The parent side of a spawn: plan → clone (or fork) → pid, and, with
+//! the detached clone, what became of the child once it is reaped.
 //!
-//! Owns: the `clone(CLONE_VM | CLONE_VFORK)` call on a small stack of the
-//! child's own (mapped once), and the
-//! `fork()` fallback with its close-on-exec error pipe; learning from the
-//! child whether `execve` happened, and if not, which step failed and why
-//! (reaping such a child at once).
+//! Owns: the detached clone (`clone(CLONE_VM | CLONE_CHILD_CLEARTID)`,
+//! one slot per child on its way to exec: stack, plan, connection bytes,
+//! report word), the `clone(CLONE_VM | CLONE_VFORK)` call on a stack
+//! mapped once, and the `fork()` fallback with its close-on-exec error
+//! pipe; learning whether `execve` happened, and if not, which step failed
+//! and why.
 //! Must not: decide whether to spawn (policy does), or log (the loop does).
 //!
 //! Why clone: `fork()` copies doorman's page tables and then faults pages
-//! back in copy-on-write, per connection; `clone(CLONE_VM | CLONE_VFORK)`
-//! shares doorman's memory until the child's `execve`, as glibc's
-//! `posix_spawn` does, without its reset of every signal disposition.
-//! Measured in the README's Performance section.
+//! back in copy-on-write, per connection; `CLONE_VM` shares doorman's
+//! memory until the child's `execve`, as glibc's `posix_spawn` does,
+//! without its reset of every signal disposition. Why detached: with
+//! `CLONE_VFORK` doorman sleeps until the child has exec'd, a context
+//! switch out and back per connection, and the next connection waits;
+//! without it doorman accepts the next one while the child execs on the
+//! other CPU. Measured in the README's Performance section.
 
 pub mod child;
 pub mod image;
 
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -29,7 +34,7 @@ use nix::unistd::Pid;
 
 pub use child::Stage;
 use child::{ChildPlan, Report};
-use image::Launch;
+use image::{Launch, Own};
 
 /// Why a handler did not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +56,16 @@ impl std::fmt::Display for SpawnError {
 /// How handlers are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// Clone, falling back to fork for a while on a saturated machine
-    /// (see [`spawn`]): the default.
+    /// The detached clone, falling back to fork when [`MAX_SLOTS`]
+    /// children are still on their way to exec: the default.
     Auto,
-    /// `clone(CLONE_VM | CLONE_VFORK)` on the child stack, always:
-    /// `DOORMAN_SPAWN=clone` (tests use it to pin the fast path).
+    /// The detached clone, always (waiting for a slot when all are in
+    /// use): `DOORMAN_SPAWN=clone` (tests use it to pin the fast path).
     Clone,
+    /// `clone(CLONE_VM | CLONE_VFORK)` on the child stack, falling back to
+    /// fork for a while on a saturated machine (see [`spawn_vfork`]):
+    /// `DOORMAN_SPAWN=vfork`, for comparison.
+    Vfork,
     /// `fork()` and an error pipe: `DOORMAN_SPAWN=fork`, for comparison
     /// (the benchmark runs both) and as a fallback should the child
     /// stack not be mapped.
@@ -76,8 +85,10 @@ pub fn method() -> Method {
     static METHOD: OnceLock<Method> = OnceLock::new();
     *METHOD.get_or_init(|| match std::env::var_os("DOORMAN_SPAWN") {
         Some(v) if v == "fork" => Method::Fork,
-        Some(v) if v == "clone" => Method::Clone,
-        _ => Method::Auto,
+        Some(v) if v == "clone" && child::sys::RAW => Method::Clone,
+        Some(v) if v == "vfork" => Method::Vfork,
+        _ if child::sys::RAW => Method::Auto,
+        _ => Method::Vfork,
     })
 }
 
@@ -85,7 +96,12 @@ pub fn method() -> Method {
 /// spawn; `None` if it could not be mapped (then doorman forks).
 fn child_stack_top() -> Option<usize> {
     static TOP: OnceLock<Option<usize>> = OnceLock::new();
-    *TOP.get_or_init(|| {
+    *TOP.get_or_init(map_stack)
+}
+
+/// Maps a child stack with a guard page below it; returns its top.
+fn map_stack() -> Option<usize> {
+    {
         let len = GUARD + CHILD_STACK;
         // SAFETY: an anonymous private mapping at an address the kernel
         // picks; nothing else refers to it. Pages are only committed when
@@ -107,9 +123,9 @@ fn child_stack_top() -> Option<usize> {
         if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
             return None;
         }
-        // Never unmapped: one stack for the life of the process.
+        // Never unmapped: a stack lives as long as the process.
         Some((base as usize + len) & !15)
-    })
+    }
 }
 
 /// A clone that kept doorman suspended longer than this means the child
@@ -133,10 +149,224 @@ static FORK_LEFT: AtomicU32 = AtomicU32::new(0);
 /// The length of the next fork run.
 static NEXT_RUN: AtomicU32 = AtomicU32::new(FORK_RUN);
 
-/// Starts the launch's handler. Returns once the child has exec'd or
-/// failed (then it is reaped here, before returning).
+/// Starts the launch's handler.
 ///
-/// Clone is the default, with one exception measured on a saturated
+/// With the detached clone (the default) this returns as soon as the
+/// child exists; a child that then fails to exec reports it in its slot
+/// and exits 127, and the loop learns why from [`failure`] when it reaps
+/// it. With fork and vfork it returns once the child has exec'd or
+/// failed (then it is reaped here, before returning).
+pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
+    match method() {
+        Method::Fork => spawn_fork(launch),
+        Method::Vfork => spawn_vfork(launch),
+        Method::Auto => match spawn_detached(launch, false) {
+            Some(r) => r,
+            // Every slot's child is still on its way to exec: the machine
+            // is saturated; fork does not wait for any of them.
+            None => spawn_fork(launch),
+        },
+        Method::Clone => match spawn_detached(launch, true) {
+            Some(r) => r,
+            None => spawn_fork(launch),
+        },
+    }
+}
+
+/// At most this many detached children on their way to exec at once.
+pub const MAX_SLOTS: usize = 64;
+
+/// What one detached child uses until it has exec'd: a stack, its plan
+/// and connection bytes, and two words in doorman's memory. Boxed, so
+/// that nothing the child points to moves.
+struct Slot {
+    /// Set to 1 before the clone; the kernel stores 0 there (and wakes a
+    /// futex waiter) when the child execs or exits
+    /// (`CLONE_CHILD_CLEARTID`): from then on the child no longer uses
+    /// doorman's memory.
+    busy: AtomicU32,
+    /// The child's failure (see [`child::encode`]); 0: none. A failure
+    /// keeps the slot until [`failure`] has collected it.
+    report: AtomicU64,
+    pid: i32,
+    /// The top of this slot's stack.
+    stack: usize,
+    plan: Option<ChildPlan>,
+    own: Own,
+}
+
+impl Slot {
+    fn free(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0 && self.report.load(Ordering::Acquire) == 0
+    }
+}
+
+thread_local! {
+    /// The slots made so far (doorman spawns from its one thread). Boxed:
+    /// a push may move the vector while children use other slots, whose
+    /// words and buffers must stay where the children see them.
+    #[allow(clippy::vec_box)]
+    static SLOTS: RefCell<Vec<Box<Slot>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The detached clone: `clone(CLONE_VM | CLONE_CHILD_CLEARTID)`. The
+/// child runs in doorman's memory on a stack of its own while doorman goes
+/// on at once (no CLONE_VFORK: doorman is never suspended, not even on a
+/// machine too busy to run the child right away). `None`: no slot is free
+/// and `wait` is false (or no stack could be mapped).
+fn spawn_detached(launch: &mut Launch<'_>, wait: bool) -> Option<Result<Pid, SpawnError>> {
+    SLOTS.with(|cell| {
+        let mut slots = cell.borrow_mut();
+        let i = match slots.iter().position(|s| s.free()) {
+            Some(i) => i,
+            None if slots.len() < MAX_SLOTS => {
+                slots.push(Box::new(Slot {
+                    busy: AtomicU32::new(0),
+                    report: AtomicU64::new(0),
+                    pid: 0,
+                    stack: map_stack()?,
+                    plan: None,
+                    own: Own::default(),
+                }));
+                slots.len() - 1
+            }
+            None if wait => wait_for_slot(&slots)?,
+            None => return None,
+        };
+        let slot = &mut *slots[i];
+        let plan = launch.plan_detached(Report::Slot(slot.report.as_ptr()), &mut slot.own);
+        let plan: *const ChildPlan = slot.plan.insert(plan);
+        slot.busy.store(1, Ordering::Release);
+        // SAFETY: doorman is single-threaded, so no other thread holds a
+        // lock or can touch the memory the child shares (CLONE_VM). The
+        // child runs only `child_entry` → `exec_child`, which makes raw
+        // system calls (no errno, no libc state: `child::sys`) on memory
+        // this slot owns (`plan`, `own`) or the image owns, and writes only
+        // its own stack (this slot's, used by no other child until `busy`
+        // is 0), the `LISTEN_PID` digits in `own`, and `report`. None of
+        // it is touched by doorman until the kernel has cleared `busy`
+        // (the child exec'd or exited), and the images are kept until then
+        // ([`quiesce`] before a reload drops them). No signal handler can
+        // run in the child (see `spawn_vfork`). SIGCHLD as the exit signal
+        // makes it an ordinary child for `waitpid`.
+        let pid = unsafe {
+            libc::clone(
+                child_entry,
+                slot.stack as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                plan.cast_mut().cast(),
+                std::ptr::null_mut::<libc::pid_t>(),
+                std::ptr::null_mut::<libc::c_void>(),
+                slot.busy.as_ptr(),
+            )
+        };
+        if pid < 0 {
+            let errno = Errno::last();
+            slot.busy.store(0, Ordering::Release);
+            return Some(Err(SpawnError { stage: None, errno }));
+        }
+        slot.pid = pid;
+        Some(Ok(Pid::from_raw(pid)))
+    })
+}
+
+/// Waits (on the futex the kernel wakes) until some slot is free.
+fn wait_for_slot(slots: &[Box<Slot>]) -> Option<usize> {
+    loop {
+        if let Some(i) = slots.iter().position(|s| s.free()) {
+            return Some(i);
+        }
+        // A slot whose child failed waits for the loop to reap it: none
+        // to wait for here, then.
+        let s = slots.iter().find(|s| s.busy.load(Ordering::Acquire) != 0)?;
+        futex_wait(&s.busy, Duration::from_millis(10));
+    }
+}
+
+/// Sleeps until `word` is no longer 1 or `timeout` has passed.
+fn futex_wait(word: &AtomicU32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT on a word of ours, with a timeout; it returns at
+    // once if the word is no longer 1.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            1,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Why the detached child `pid` exited without exec'ing, if it did: to be
+/// asked when `pid` is reaped. Collecting it frees its slot.
+pub fn failure(pid: Pid) -> Option<SpawnError> {
+    SLOTS.with(|cell| {
+        let slots = cell.borrow();
+        let slot = slots
+            .iter()
+            .find(|s| s.pid == pid.as_raw() && s.busy.load(Ordering::Acquire) == 0)?;
+        let (stage, errno) = child::decode(slot.report.swap(0, Ordering::AcqRel))?;
+        Some(SpawnError {
+            stage,
+            errno: Errno::from_raw(errno),
+        })
+    })
+}
+
+/// Waits until no detached child uses doorman's memory any more (each has
+/// exec'd or exited): before anything a child may read is freed (a
+/// reload's old images). False if some child still had not after
+/// `timeout` (the caller must then keep that memory).
+pub fn quiesce(timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    SLOTS.with(|cell| {
+        let slots = cell.borrow();
+        for s in slots.iter() {
+            while s.busy.load(Ordering::Acquire) != 0 {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                futex_wait(&s.busy, left.min(Duration::from_millis(100)));
+            }
+        }
+        true
+    })
+}
+
+/// The detached-clone slots made so far, and how many of them are held
+/// (a child on its way to exec, or a failure not yet collected).
+pub fn slots() -> (usize, usize) {
+    SLOTS.with(|cell| {
+        let slots = cell.borrow();
+        (slots.len(), slots.iter().filter(|s| !s.free()).count())
+    })
+}
+
+/// Gives back the pages of the idle slots' stacks (the loop is idle).
+pub fn trim() {
+    SLOTS.with(|cell| {
+        for s in cell.borrow().iter().filter(|s| s.free()) {
+            let len = CHILD_STACK;
+            // SAFETY: the stack of a slot no child uses (`busy` is 0): its
+            // contents are dead; the pages come back zeroed when used.
+            unsafe {
+                libc::madvise(
+                    (s.stack - len) as *mut libc::c_void,
+                    len,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    })
+}
+
+/// `clone(CLONE_VM | CLONE_VFORK)`, with one exception measured on a saturated
 /// 2-core machine: the clone child is a new task, which the scheduler
 /// queues behind the running ones for up to a time slice (new tasks start
 /// with a vruntime debit), and doorman, suspended until the child's
@@ -147,11 +377,9 @@ static NEXT_RUN: AtomicU32 = AtomicU32::new(FORK_RUN);
 /// of them, doubling while it lasts); then clone is tried again. A window
 /// ends as soon as its verdict is known. (Relaxed atomics: doorman is
 /// single-threaded; they are statics only to need no `&mut` state.)
-pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
-    let top = match (method(), child_stack_top()) {
-        (Method::Auto, Some(top)) => top,
-        (Method::Clone, Some(top)) => return spawn_clone(launch, top),
-        _ => return spawn_fork(launch),
+fn spawn_vfork(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
+    let Some(top) = child_stack_top() else {
+        return spawn_fork(launch);
     };
     let left = FORK_LEFT.load(Ordering::Relaxed);
     if left > 0 {
@@ -186,7 +414,9 @@ pub fn spawn(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildPlan` on `spawn_clone`'s frame, which
     // stays alive and unchanged while the parent is suspended
-    // (CLONE_VFORK); see `exec_child` for the rest of the contract.
+    // (CLONE_VFORK), or in a detached child's slot, which doorman leaves
+    // alone until the child has exec'd or exited; see `exec_child` for
+    // the rest of the contract.
     unsafe { child::exec_child(&*(arg as *const ChildPlan)) }
 }
 

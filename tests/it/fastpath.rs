@@ -6,6 +6,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -26,12 +27,18 @@ fn start(conf: &str, method: &str, dir: TempDir) -> Doorman {
 /// `n` connections, `c` at a time, each read to EOF: the number whose
 /// reply was not exactly `want`.
 fn hammer(addr: SocketAddr, n: usize, c: usize, want: &[u8]) -> usize {
+    hammer_any(addr, n, c, &[want])
+}
+
+/// As [`hammer`], where any of `wants` is a right reply.
+fn hammer_any(addr: SocketAddr, n: usize, c: usize, wants: &[&[u8]]) -> usize {
+    let wants: Vec<Vec<u8>> = wants.iter().map(|w| w.to_vec()).collect();
     let left = Arc::new(AtomicUsize::new(n));
     let bad = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..c)
         .map(|_| {
             let (left, bad) = (left.clone(), bad.clone());
-            let want = want.to_vec();
+            let wants = wants.clone();
             std::thread::spawn(move || {
                 while left
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
@@ -42,7 +49,7 @@ fn hammer(addr: SocketAddr, n: usize, c: usize, want: &[u8]) -> usize {
                             s.set_read_timeout(Some(DEADLINE))?;
                             let mut out = Vec::new();
                             s.read_to_end(&mut out)?;
-                            Ok(out == want)
+                            Ok(wants.contains(&out))
                         })
                         .unwrap_or(false);
                     if !ok {
@@ -170,6 +177,11 @@ fn handover_modes_and_privilege_drop_through_clone() {
 }
 
 #[test]
+fn handover_modes_and_privilege_drop_through_vfork() {
+    probe("vfork");
+}
+
+#[test]
 fn handover_modes_and_privilege_drop_through_fork() {
     probe("fork");
 }
@@ -211,6 +223,11 @@ fn exec_errors(method: &str) {
 #[test]
 fn exec_failure_reports_its_errno_through_clone() {
     exec_errors("clone");
+}
+
+#[test]
+fn exec_failure_reports_its_errno_through_vfork() {
+    exec_errors("vfork");
 }
 
 #[test]
@@ -257,4 +274,76 @@ fn an_idle_doorman_gives_start_up_memory_back() {
     assert_eq!(talk(d.addr(0), b""), "ok\n");
     // The reload and the connections logged and reaped as ever.
     assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 21));
+}
+
+#[test]
+fn reloads_while_handlers_start_keep_every_reply_right() {
+    // With the detached clone, children still on their way to exec read
+    // the service's spawn image while doorman goes on; a reload must not
+    // free an image under them. 3,000 connections at c=16 while the
+    // program's argument flips between A and B with a SIGHUP every 50 ms.
+    let dir = TempDir::new();
+    let d = start(
+        "127.0.0.77:9 stream tcp nowait.0 root /bin/echo echo A\n",
+        "clone",
+        dir,
+    );
+    let addr = d.addr(0);
+    let conf = d.dir.path().join("doorman.conf");
+    let port = addr.port();
+    let load = std::thread::spawn(move || hammer_any(addr, 3000, 16, &[b"A\n", b"B\n"]));
+    let mut reloads = 0;
+    while !load.is_finished() && reloads < 200 {
+        let word = if reloads % 2 == 0 { "B" } else { "A" };
+        std::fs::write(
+            &conf,
+            format!("127.0.0.77:{port} stream tcp nowait.0 root /bin/echo echo {word}\n"),
+        )
+        .unwrap();
+        d.signal(libc::SIGHUP);
+        reloads += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(load.join().unwrap(), 0, "wrong or missing replies");
+    assert!(reloads >= 5, "only {reloads} reloads during the load");
+    assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 3000));
+    assert!(eventually(DEADLINE, || d.zombies().is_empty()));
+    assert_eq!(d.log.count(&["error"]), 0, "{}", d.log.text());
+    assert_eq!(d.log.count(&["kept"]), 0, "{}", d.log.text());
+}
+
+#[test]
+fn exec_failures_under_load_are_each_reported_once() {
+    // Detached children that cannot exec report it when reaped: 300 of
+    // them, 16 at a time (more than the slots there are, so that slots
+    // held by failures must be given back), each logged once with its
+    // errno, none logged as an exit; a good service still answers.
+    let d = start(
+        "127.0.0.1:0 stream tcp nowait.0,crash=off root /nonexistent/prog prog\n\
+         127.0.0.1:0 stream tcp nowait root /bin/echo echo ok\n",
+        "clone",
+        TempDir::new(),
+    );
+    assert_eq!(hammer(d.addr(0), 300, 16, b""), 0);
+    let msg = ["exec /nonexistent/prog: No such file or directory"];
+    assert!(
+        eventually(DEADLINE, || d.log.count(&msg) == 300),
+        "{} failures logged",
+        d.log.count(&msg)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.log.count(&msg), 300);
+    assert_eq!(d.log.count(&["exit service="]), 0, "{}", d.log.text());
+    assert_eq!(hammer(d.addr(1), 100, 8, b"ok\n"), 0);
+    assert!(eventually(DEADLINE, || d.zombies().is_empty()));
+    // Every slot was given back, and the detached clone was what ran.
+    assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 100));
+    d.signal(libc::SIGUSR1);
+    let line = d
+        .log
+        .wait_for(&["spawn_slots_held="], DEADLINE)
+        .expect("a state line");
+    assert_eq!(field(&line, "spawn_slots_held"), "0", "{line}");
+    let made: usize = field(&line, "spawn_slots").parse().unwrap();
+    assert!((1..=64).contains(&made), "{line}");
 }
