@@ -2,7 +2,7 @@
 //!
 //! Owns: dispatch by token, accepting until `WouldBlock` (in fair batches),
 //! waking `wait` services (handing over the listening socket, unplugging it
-//! until the handler and everything in its session are gone), performing
+//! until the handler and everything in its process group are gone), performing
 //! policy decisions, registering and deregistering listeners, deadlines
 //! (rate pauses, the `EMFILE` back-off, datagram re-arming, scrape
 //! time-outs), the spin guard, reload (keep sockets by bind key), the
@@ -121,7 +121,7 @@ fn image_of<'a>(
 /// The state of a `wait` listener.
 #[derive(Default)]
 struct WaitState {
-    /// Handlers (or sessions they left behind) holding this socket now.
+    /// Handlers (or process groups they left behind) holding this socket now.
     running: u32,
     /// Consecutive handlers that exited at once leaving the socket unread.
     spins: u32,
@@ -152,10 +152,11 @@ impl ListenerRt {
     }
 }
 
-/// A wait handler that exited while processes of its session still run
-/// (it daemonized): its listeners stay handed over until they are gone.
+/// A wait handler that exited while processes of its process group still
+/// run (it daemonized): its listeners stay handed over until they are gone.
 struct Held {
-    session: i32,
+    /// The handler's process group (its pid).
+    group: i32,
     hold: WaitHold,
 }
 
@@ -1183,15 +1184,15 @@ impl Server {
                 self.crash_check(s, failed, exit.duration, &exit.outcome.to_string(), now);
             }
             if let Some(hold) = &child.wait {
-                // A handler that daemonized leaves processes in its session
+                // A handler that daemonized leaves processes in its group
                 // holding the socket: keep it handed over until they exit.
-                if session_alive(exit.pid.as_raw()) {
+                if group_alive(exit.pid.as_raw()) {
                     debug!(
-                        "pid={} exited; its session still runs, the socket stays handed over",
+                        "pid={} exited; its process group still runs, the socket stays handed over",
                         exit.pid
                     );
                     self.held.push(Held {
-                        session: exit.pid.as_raw(),
+                        group: exit.pid.as_raw(),
                         hold: hold.clone(),
                     });
                 } else {
@@ -1204,7 +1205,7 @@ impl Server {
         // Sessions left behind by daemonizing wait handlers.
         let mut i = 0;
         while i < self.held.len() {
-            if session_alive(self.held[i].session) {
+            if group_alive(self.held[i].group) {
                 i += 1;
                 continue;
             }
@@ -1431,11 +1432,9 @@ impl Server {
     }
 }
 
-/// Hands the heap that loading a configuration used and freed back to the
-/// kernel: parsing a thousand services peaks at a few MiB that the
-/// allocator would otherwise keep resident for the daemon's whole life.
-/// Whether any process other than zombies belongs to session `sid`.
-fn session_alive(sid: i32) -> bool {
+/// Whether any process other than zombies belongs to process group `pgid`
+/// (a handler's: it leads one, whose id is its pid).
+fn group_alive(pgid: i32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return false;
     };
@@ -1451,7 +1450,7 @@ fn session_alive(sid: i32) -> bool {
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
         // state ppid pgrp session ...
-        if f.len() > 3 && f[3].parse() == Ok(sid) && f[0] != "Z" && f[0] != "X" {
+        if f.len() > 2 && f[2].parse() == Ok(pgid) && f[0] != "Z" && f[0] != "X" {
             return true;
         }
     }

@@ -12,7 +12,7 @@
 //!    (clone) or a close-on-exec error pipe (fork). See [`super::image`].
 //! 2. **Allowed here:** system calls made directly ([`sys`]: an inline
 //!    `syscall`/`svc` instruction on x86-64 and AArch64), in this order:
-//!    `rt_sigaction`, `rt_sigprocmask`, `setsid`, `fcntl`, `dup3`,
+//!    `rt_sigaction`, `rt_sigprocmask`, `setpgid` (or `setsid`), `fcntl`, `dup3`,
 //!    `prlimit64`, `setpriority`, `umask`, `setgroups` → `setgid` →
 //!    `setuid` and their verification with `getuid` and friends, `chdir`,
 //!    `getpid`, `execve`, and on failure `write` and `exit`. Not through
@@ -209,6 +209,7 @@ pub enum Stage {
     Rlimit = 10,
     Nice = 11,
     Chdir = 12,
+    Setpgid = 13,
 }
 
 impl Stage {
@@ -226,6 +227,7 @@ impl Stage {
             10 => Stage::Rlimit,
             11 => Stage::Nice,
             12 => Stage::Chdir,
+            13 => Stage::Setpgid,
             _ => return None,
         })
     }
@@ -244,6 +246,7 @@ impl Stage {
             Stage::Rlimit => "setrlimit",
             Stage::Nice => "setpriority",
             Stage::Chdir => "chdir",
+            Stage::Setpgid => "setpgid",
         }
     }
 }
@@ -287,6 +290,9 @@ pub struct ChildPlan {
     pub nice: Option<c_int>,
     /// Directory to change to (NUL-terminated), or null.
     pub cwd: *const c_char,
+    /// A session of its own (`setsid`) rather than a process group of its
+    /// own (`setpgid`): see [`super::new_session`].
+    pub new_session: bool,
     /// Signals whose disposition is reset to `SIG_DFL`.
     pub reset_signals: [c_int; MAX_SIGNALS],
     pub nsignals: usize,
@@ -439,9 +445,18 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
         Stage::Signals,
     );
 
-    // A session (and process group) of its own, so that the handler is
-    // not in doorman's and can be signalled as a group.
-    check(sys::call0(libc::SYS_setsid), plan.report, Stage::Setsid);
+    // A process group of its own, so that the handler is not in doorman's
+    // and can be signalled as a group; a session too when doorman has a
+    // controlling terminal, which the handler must not share.
+    if plan.new_session {
+        check(sys::call0(libc::SYS_setsid), plan.report, Stage::Setsid);
+    } else {
+        check(
+            sys::call2(libc::SYS_setpgid, 0, 0),
+            plan.report,
+            Stage::Setpgid,
+        );
+    }
 
     let n = plan.nlisten as c_int;
     let top = 3 + n;

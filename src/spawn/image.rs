@@ -546,6 +546,7 @@ impl<'a> Launch<'a> {
             umask: img.umask,
             nice: img.nice,
             cwd: img.cwd.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
+            new_session: super::new_session(),
             reset_signals,
             nsignals: img.reset_signals.len(),
             listen_pid_slot,

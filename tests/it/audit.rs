@@ -256,3 +256,88 @@ fn credentials_in_every_front_end() {
     assert_eq!(g, [0; 4]);
     assert_eq!(groups, grouplist("nobody", 0));
 }
+
+#[test]
+fn each_handler_leads_a_process_group_and_a_session_only_with_a_terminal() {
+    // The handler (the shell itself: `$$` is the exec'd pid) reports its
+    // pid, process group and session. It leads its own group; it leads a
+    // session of its own only when doorman has a controlling terminal
+    // (inherited from this test process, if it has one).
+    let dir = TempDir::new();
+    dir.write(
+        "ids",
+        "#!/bin/sh\necho $$\ncut -d' ' -f5,6 /proc/$$/stat\n",
+        true,
+    );
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 stream tcp nowait root {dir}/ids ids\n",
+        &[],
+    );
+    let out = talk(d.addr(0), b"");
+    let mut lines = out.lines();
+    let pid = lines.next().unwrap().to_string();
+    let ids: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_eq!(ids[0], pid, "process group: {out}");
+    // SAFETY: open with flags; the fd, if any, is closed at once.
+    let tty = unsafe {
+        let fd = libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
+        );
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        fd >= 0
+    };
+    if tty {
+        assert_eq!(ids[1], pid, "a session of its own: {out}");
+    } else {
+        // doorman's session, which it shares with this test process.
+        // SAFETY: getsid(0) has no preconditions.
+        let ours = unsafe { libc::getsid(0) };
+        assert_eq!(ids[1], ours.to_string(), "doorman's session: {out}");
+    }
+}
+
+#[test]
+fn with_a_terminal_each_handler_leads_a_session() {
+    // doorman started on a pseudo-terminal by script(1), as from a shell:
+    // its handlers must not share that terminal, so each leads a session.
+    let dir = TempDir::new();
+    let ids = dir.write(
+        "ids",
+        "#!/bin/sh\necho $$\ncut -d' ' -f5,6 /proc/$$/stat\nif (exec 3</dev/tty) 2>/dev/null; then echo tty; else echo no-tty; fi\n",
+        true,
+    );
+    let pidfile = dir.path().join("pid");
+    let addr: std::net::SocketAddr = "127.0.0.78:9".parse().unwrap();
+    let cmd = format!(
+        "{BIN} -q --pidfile {} --listen {addr} -- {}",
+        pidfile.display(),
+        ids.display()
+    );
+    let mut script = std::process::Command::new("script")
+        .args(["-q", "-f", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script(1) is required (util-linux)");
+    assert!(eventually(DEADLINE, || pidfile.exists()
+        && std::net::TcpStream::connect(addr).is_ok()));
+    let doorman: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = talk(addr, b"");
+    // SAFETY: signalling the doorman we started, by the pid it wrote.
+    unsafe { libc::kill(doorman, libc::SIGTERM) };
+    drop(script.stdin.take());
+    wait_child(&mut script, DEADLINE).unwrap();
+    let mut lines = out.lines();
+    let pid = lines.next().unwrap().to_string();
+    let ids: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_eq!(ids, [pid.as_str(), pid.as_str()], "{out}");
+    assert_eq!(lines.next(), Some("no-tty"), "{out}");
+}

@@ -295,11 +295,14 @@ fn reloads_while_handlers_start_keep_every_reply_right() {
     let mut reloads = 0;
     while !load.is_finished() && reloads < 200 {
         let word = if reloads % 2 == 0 { "B" } else { "A" };
+        // Replaced whole (a reload must never read a half-written file).
+        let tmp = conf.with_extension("tmp");
         std::fs::write(
-            &conf,
+            &tmp,
             format!("127.0.0.77:{port} stream tcp nowait.0 root /bin/echo echo {word}\n"),
         )
         .unwrap();
+        std::fs::rename(&tmp, &conf).unwrap();
         d.signal(libc::SIGHUP);
         reloads += 1;
         std::thread::sleep(Duration::from_millis(50));
