@@ -73,8 +73,27 @@ fn twenty_thousand_connections_at_c64_through_clone() {
         TempDir::new(),
     );
     let fds_before = d.fd_count();
+    // Zombies sampled during the flood: the reaper runs every turn, so
+    // they never pile up (a starved reaper leaves thousands).
+    let pid = d.pid();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut worst = 0;
+            while !done.load(Ordering::SeqCst) {
+                let z = children_of(pid).iter().filter(|(_, s)| *s == 'Z').count();
+                worst = worst.max(z);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worst
+        })
+    };
     let bad = hammer(d.addr(0), 20_000, 64, b"ok\n");
+    done.store(true, Ordering::SeqCst);
+    let worst = sampler.join().unwrap();
     assert_eq!(bad, 0, "failed connections");
+    assert!(worst < 300, "{worst} zombies at once during the flood");
     assert!(
         eventually(DEADLINE, || d.log.count(&["exit service="]) == 20_000),
         "{} exits logged",
