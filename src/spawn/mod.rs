@@ -128,31 +128,29 @@ fn child_stack_top() -> Option<usize> {
 
 /// Maps a child stack with a guard page below it; returns its top.
 fn map_stack() -> Option<usize> {
-    {
-        let len = GUARD + CHILD_STACK;
-        // SAFETY: an anonymous private mapping at an address the kernel
-        // picks; nothing else refers to it. Pages are only committed when
-        // the child touches them (a few KiB of RSS).
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return None;
-        }
-        // SAFETY: the lowest page of the mapping we just made.
-        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
-            return None;
-        }
-        // Never unmapped: a stack lives as long as the process.
-        Some((base as usize + len) & !15)
+    let len = GUARD + CHILD_STACK;
+    // SAFETY: an anonymous private mapping at an address the kernel
+    // picks; nothing else refers to it. Pages are only committed when
+    // the child touches them (a few KiB of RSS).
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
     }
+    // SAFETY: the lowest page of the mapping we just made.
+    if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
+        return None;
+    }
+    // Never unmapped: a stack lives as long as the process.
+    Some((base as usize + len) & !15)
 }
 
 /// A clone that kept doorman suspended longer than this means the child
