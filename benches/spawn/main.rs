@@ -148,6 +148,7 @@ fn main() {
     // 3. The servers, interleaved.
     let mut list: Vec<Server> = vec![
         Server::doorman("doorman", &handlers.hello, "auto"),
+        Server::doorman("doorman (clone only)", &handlers.hello, "clone"),
         Server::doorman("doorman (vfork)", &handlers.hello, "vfork"),
         Server::doorman("doorman (fork)", &handlers.hello, "fork"),
     ];

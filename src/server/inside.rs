@@ -802,7 +802,7 @@ impl Server {
         let fd = theirs.as_raw_fd();
         let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
         let mut launch = Launch::new(image, fd, &[fd], &peer, self.devnull.as_raw_fd());
-        match spawn::spawn(&mut launch) {
+        match spawn::spawn(&mut launch, self.children.is_empty()) {
             Ok(pid) => {
                 m.spawned += 1;
                 log_accept(&rt.label, &shown, &peer, pid);

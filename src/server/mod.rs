@@ -824,7 +824,7 @@ impl Server {
         let fd = conn.as_raw_fd();
         let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
         let mut launch = Launch::new(image, fd, &[fd], &peer, self.devnull.as_raw_fd());
-        match spawn::spawn(&mut launch) {
+        match spawn::spawn(&mut launch, self.children.is_empty()) {
             Ok(pid) => {
                 m.spawned += 1;
                 log_accept(&rt.label, &shown, &peer, pid);
@@ -1089,7 +1089,7 @@ impl Server {
         let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
         let mut launch = Launch::new(image, lfd, &fds, &Peer::Listener, self.devnull.as_raw_fd());
         let m = self.metrics.service(&rt.label);
-        match spawn::spawn(&mut launch) {
+        match spawn::spawn(&mut launch, self.children.is_empty()) {
             Ok(pid) => {
                 m.spawned += 1;
                 emit(
