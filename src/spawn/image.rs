@@ -660,6 +660,27 @@ mod tests {
             }
         });
         assert_eq!(n, 0, "allocations per 100 connections");
+        // The detached clone's copy into a slot's own buffers, too.
+        let mut own = Own::default();
+        for p in &peers {
+            let mut l = Launch::new(&img, 5, &[5], p, 6);
+            let _ = l.plan_detached(Report::Slot(&mut slot), &mut own);
+        }
+        let n = allocations(|| {
+            for i in 0..100 {
+                let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6);
+                let _ = l.plan_detached(Report::Slot(&mut slot), &mut own);
+            }
+        });
+        assert_eq!(n, 0, "allocations per 100 detached connections");
+        // Its envp points into its own copy, with the connection's values.
+        let mut l = Launch::new(&img, 5, &[5], &peers[1], 6);
+        let plan = l.plan_detached(Report::Slot(&mut slot), &mut own);
+        let env = envp(&plan);
+        assert!(env.iter().any(|e| e == "REMOTE_PORT=65535"), "{env:?}");
+        let (digits, _) = plan.listen_pid_slot.unwrap();
+        let inside = own.bytes.as_ptr_range();
+        assert!(inside.contains(&(digits as *const u8)));
         assert_eq!(seen[0].0, 1);
         assert_eq!(seen[0].1, [6, 6, 2]);
 
