@@ -483,7 +483,7 @@ fn udp_sessions_over_the_instance_limit_are_dropped_and_logged() {
     dir.write(
         "udp-hold",
         "#!/usr/bin/python3\nimport socket\ns = socket.socket(fileno=0)\n\
-         while True:\n    d = s.recv(65535)\n    if d == b'quit':\n        break\n    s.send(b'ok ' + d)\n",
+         while True:\n    d = s.recv(65535)\n    if d in (b'', b'quit'):\n        break\n    s.send(b'ok ' + d)\n",
         true,
     );
     let d = Doorman::with_conf(
@@ -523,4 +523,7 @@ fn udp_sessions_over_the_instance_limit_are_dropped_and_logged() {
     second.send_to(b"d", svc).unwrap();
     let n = second.recv(&mut b).unwrap();
     assert_eq!(&b[..n], b"ok d");
+    // And ends it, so that no handler outlives the test.
+    second.send_to(b"quit", svc).unwrap();
+    assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 2));
 }
