@@ -40,9 +40,16 @@ impl V<'_> {
     }
 }
 
+/// Whether an event at `level` would be logged: callers on the
+/// per-connection path ask first, so as not to build fields (strings,
+/// vectors) that `emit` would throw away.
+pub fn enabled(level: log::Level) -> bool {
+    log::log_enabled!(target: TARGET, level)
+}
+
 /// Logs `event` with its fields at `level`.
 pub fn emit(level: log::Level, event: &str, fields: &[(&str, V<'_>)]) {
-    if !log::log_enabled!(target: TARGET, level) {
+    if !enabled(level) {
         return;
     }
     let line = if json() {

@@ -796,40 +796,29 @@ impl Server {
             remote: from,
             local,
         };
-        let rt = &mut self.services[s];
-        let m = self.metrics.service(&rt.label);
-        m.accepted += 1;
+        self.metrics.service(&self.services[s].label).accepted += 1;
         let fd = theirs.as_raw_fd();
-        let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
-        let mut launch = Launch::new(image, fd, &[fd], &peer, self.devnull.as_raw_fd());
-        match spawn::spawn(&mut launch, self.children.is_empty()) {
-            Ok(pid) => {
-                m.spawned += 1;
-                log_accept(&rt.label, &shown, &peer, pid);
-                drop(theirs);
-                let ours_raw = ours.as_raw_fd();
-                let slot = self.inside.sessions.insert(Session {
-                    fd: ours,
-                    listener: li,
-                    peer: from,
-                });
-                if let Err(e) = self.poll.registry().register(
-                    &mut SourceFd(&ours_raw),
-                    Token(SESSION_BASE + slot),
-                    Interest::READABLE,
-                ) {
-                    error!("register session: {e}");
-                }
-                self.inside.by_peer.insert((li, from), slot);
-                self.track(pid, s, tracked, shown, now, None, Some(slot));
-            }
-            Err(e) => {
-                m.spawn_failures += 1;
-                log_spawn_error(&rt.svc, &e, &shown);
-                rt.counters.release(tracked);
-                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
-            }
+        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now);
+        drop(theirs);
+        let Some(pid) = started else {
+            return;
+        };
+        log_accept(&self.services[s].label, &shown, &peer, pid);
+        let ours_raw = ours.as_raw_fd();
+        let slot = self.inside.sessions.insert(Session {
+            fd: ours,
+            listener: li,
+            peer: from,
+        });
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&ours_raw),
+            Token(SESSION_BASE + slot),
+            Interest::READABLE,
+        ) {
+            error!("register session: {e}");
         }
+        self.inside.by_peer.insert((li, from), slot);
+        self.track(pid, s, tracked, shown, now, None, Some(slot));
     }
 
     /// The handler wrote datagrams: send each to its peer from the

@@ -30,7 +30,7 @@ use crate::config::{
     DEFAULT_GRACE, MAX_MESSAGE,
 };
 use crate::error::Error;
-use crate::events::{emit, V};
+use crate::events::{self, emit, V};
 use crate::footprint::Footprint;
 use crate::listen::{self, storage_to_std, UnlinkOnDrop};
 use crate::metrics::{self, Gauges, Metrics};
@@ -818,28 +818,15 @@ impl Server {
             self.metrics.service(&self.services[s].label).accepted += 1;
             return self.inside_open(s, kind, conn, peer, tracked, shown, now);
         }
-        let rt = &mut self.services[s];
-        let m = self.metrics.service(&rt.label);
-        m.accepted += 1;
+        self.metrics.service(&self.services[s].label).accepted += 1;
         let fd = conn.as_raw_fd();
-        let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
-        let mut launch = Launch::new(image, fd, &[fd], &peer, self.devnull.as_raw_fd());
-        match spawn::spawn(&mut launch, self.children.is_empty()) {
-            Ok(pid) => {
-                m.spawned += 1;
-                log_accept(&rt.label, &shown, &peer, pid);
-                self.track(pid, s, tracked, shown, now, None, None);
-            }
-            Err(e) => {
-                m.spawn_failures += 1;
-                log_spawn_error(&rt.svc, &e, &shown);
-                rt.counters.release(tracked);
-                drop(conn);
-                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
-                return;
-            }
-        }
+        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now);
         drop(conn);
+        let Some(pid) = started else {
+            return;
+        };
+        log_accept(&self.services[s].label, &shown, &peer, pid);
+        self.track(pid, s, tracked, shown, now, None, None);
         if self.services[s]
             .counters
             .at_capacity(&self.services[s].svc.limits)
@@ -1060,6 +1047,44 @@ impl Server {
         self.sync(s);
     }
 
+    /// Starts a handler of service `s` on `socket` (and `listen` for
+    /// `LISTEN_FDS`), for `peer` (`shown` in logs), admitted under
+    /// `tracked`. A failure is dealt with here, as every hand-over treats
+    /// it: counted, logged, the admission given back and counted towards
+    /// the crash-loop limit; then `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_handler(
+        &mut self,
+        s: usize,
+        socket: RawFd,
+        listen: &[RawFd],
+        peer: &Peer,
+        shown: &str,
+        tracked: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<nix::unistd::Pid> {
+        let alone = self.children.is_empty();
+        let rt = &mut self.services[s];
+        let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
+        let mut launch = Launch::new(image, socket, listen, peer, self.devnull.as_raw_fd());
+        let result = spawn::spawn(&mut launch, alone);
+        drop(launch);
+        let m = self.metrics.service(&rt.label);
+        match result {
+            Ok(pid) => {
+                m.spawned += 1;
+                Some(pid)
+            }
+            Err(e) => {
+                m.spawn_failures += 1;
+                log_spawn_error(&rt.svc, &e, shown);
+                rt.counters.release(tracked);
+                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
+                None
+            }
+        }
+    }
+
     /// A `wait` listener is readable: hand it to a new instance and stop
     /// watching it until that instance exits.
     fn wake(&mut self, li: usize) {
@@ -1074,7 +1099,7 @@ impl Server {
         }
         let l = &self.listeners[li];
         let queued = listen::queued(lfd, l.sock_type, l.inet());
-        let rt = &mut self.services[s];
+        let rt = &self.services[s];
         // With LISTEN_FDS the handler gets all of the service's sockets, in
         // configuration order (systemd Accept=no); otherwise just this one.
         let group: Vec<usize> = if rt.svc.handover.listen_fds {
@@ -1086,43 +1111,33 @@ impl Server {
             .iter()
             .map(|&g| self.listeners[g].fd.as_raw_fd())
             .collect();
-        let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
-        let mut launch = Launch::new(image, lfd, &fds, &Peer::Listener, self.devnull.as_raw_fd());
-        let m = self.metrics.service(&rt.label);
-        match spawn::spawn(&mut launch, self.children.is_empty()) {
-            Ok(pid) => {
-                m.spawned += 1;
-                emit(
-                    Level::Info,
-                    "wake",
-                    &[
-                        ("service", V::S(&rt.label)),
-                        ("addr", V::O(l.local.to_string())),
-                        ("pid", V::N(pid.as_raw().into())),
-                    ],
-                );
-                let allows_more = l.sock_type == SockType::Dgram
-                    && rt.svc.limits.max_instances.is_some_and(|m| m > 1);
-                for &g in &group {
-                    let w = &mut self.listeners[g].wait;
-                    w.running += 1;
-                    if allows_more {
-                        w.rearm_at = Some(now + DGRAM_REARM);
-                    }
+        if let Some(pid) = self.start_handler(s, lfd, &fds, &Peer::Listener, "-", None, now) {
+            let rt = &self.services[s];
+            let l = &self.listeners[li];
+            emit(
+                Level::Info,
+                "wake",
+                &[
+                    ("service", V::S(&rt.label)),
+                    ("addr", V::O(l.local.to_string())),
+                    ("pid", V::N(pid.as_raw().into())),
+                ],
+            );
+            let allows_more = l.sock_type == SockType::Dgram
+                && rt.svc.limits.max_instances.is_some_and(|m| m > 1);
+            for &g in &group {
+                let w = &mut self.listeners[g].wait;
+                w.running += 1;
+                if allows_more {
+                    w.rearm_at = Some(now + DGRAM_REARM);
                 }
-                let hold = WaitHold {
-                    listeners: group,
-                    woke: li,
-                    queued,
-                };
-                self.track(pid, s, None, "-".into(), now, Some(hold), None);
             }
-            Err(e) => {
-                m.spawn_failures += 1;
-                log_spawn_error(&rt.svc, &e, "-");
-                rt.counters.release(None);
-                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
-            }
+            let hold = WaitHold {
+                listeners: group,
+                woke: li,
+                queued,
+            };
+            self.track(pid, s, None, "-".into(), now, Some(hold), None);
         }
         self.sync(s);
     }
@@ -1148,21 +1163,9 @@ impl Server {
                     None => error!("{}: {e} (peer={})", child.label, child.peer),
                 }
             } else {
-                let mut fields = vec![
-                    ("service", V::S(&child.label)),
-                    ("pid", V::N(exit.pid.as_raw().into())),
-                ];
-                match exit.outcome {
-                    Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
-                    Outcome::Signaled(sig, core) => {
-                        fields.push(("signal", V::O(signal_name(sig))));
-                        if core {
-                            fields.push(("core", V::S("yes")));
-                        }
-                    }
+                if events::enabled(Level::Info) {
+                    log_exit(&child.label, &exit);
                 }
-                fields.push(("duration_ms", V::N(exit.duration.as_millis() as i64)));
-                emit(Level::Info, "exit", &fields);
                 let m = self.metrics.service(&child.label);
                 match exit.outcome {
                     Outcome::Exited(0) => m.exits_success += 1,
@@ -1475,6 +1478,9 @@ fn set_nonblocking(fd: RawFd, on: bool) -> nix::Result<()> {
 
 /// One `accept` line: service, client, local address, handler pid.
 pub(super) fn log_accept(label: &str, shown: &str, peer: &Peer, pid: nix::unistd::Pid) {
+    if !events::enabled(Level::Info) {
+        return;
+    }
     emit(
         Level::Info,
         "accept",
@@ -1485,6 +1491,25 @@ pub(super) fn log_accept(label: &str, shown: &str, peer: &Peer, pid: nix::unistd
             ("pid", V::N(pid.as_raw().into())),
         ],
     );
+}
+
+/// `exit service=... pid=... status=N|signal=NAME [core=yes] duration=...`.
+fn log_exit(label: &str, exit: &Exit) {
+    let mut fields = vec![
+        ("service", V::S(label)),
+        ("pid", V::N(exit.pid.as_raw().into())),
+    ];
+    match exit.outcome {
+        Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
+        Outcome::Signaled(sig, core) => {
+            fields.push(("signal", V::O(signal_name(sig))));
+            if core {
+                fields.push(("core", V::S("yes")));
+            }
+        }
+    }
+    fields.push(("duration_ms", V::N(exit.duration.as_millis() as i64)));
+    emit(Level::Info, "exit", &fields);
 }
 
 /// Carries out a refusal on an accepted connection. Never blocks: the

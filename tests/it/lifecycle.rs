@@ -662,3 +662,51 @@ fn daemon_start_failure_is_not_hidden() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_count_with_logging_off() {
+    // With -q (and no RUST_LOG) no accept or exit line is built at all;
+    // the counters must not depend on the log.
+    let free = || {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let (maddr, addr) = (free(), free());
+    let mut child = Command::new(BIN)
+        .args(["-q", "--metrics", &maddr.to_string(), "--listen"])
+        .arg(addr.to_string())
+        .args(["--", "/bin/echo", "ok"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(DEADLINE, || std::net::TcpStream::connect(addr).is_ok()));
+    for _ in 0..5 {
+        assert_eq!(talk(addr, b""), "ok\n");
+    }
+    let line = "doorman_exits_total{service=\"echo/tcp\",outcome=\"success\"} ";
+    let mut text = String::new();
+    let counted = eventually(DEADLINE, || {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://{maddr}/metrics"),
+            ])
+            .output()
+            .expect("curl");
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The first connection (the readiness probe) counts too.
+        text.lines().any(|l| l == format!("{line}6"))
+    });
+    // SAFETY: signalling the doorman we started, by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_child(&mut child, DEADLINE).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(counted, "{line}6 not in:\n{text}");
+    assert!(!err.contains("exit service="), "{err}");
+}
