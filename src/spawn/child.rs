@@ -308,8 +308,9 @@ pub struct ChildPlan {
 #[derive(Clone, Copy)]
 pub enum Report {
     /// A slot in the parent's memory (the child shares it: `CLONE_VM`).
-    /// The parent reads it once the clone has returned, i.e. once the
-    /// child has exec'd or exited; 0 means it exec'd.
+    /// The parent reads it once the child has exec'd or exited: when the
+    /// vfork clone returns, or when it reaps a detached child; 0 means it
+    /// exec'd.
     Slot(*mut u64),
     /// The write end of a close-on-exec pipe (after `fork()`).
     Pipe(RawFd),
