@@ -3,9 +3,31 @@
 //! Owns: socket creation (always close-on-exec; non-blocking for sockets
 //! doorman accepts on, blocking for `wait` sockets it only hands over),
 //! socket options, bind and listen, unix socket files (stale ones replaced,
-//! owner/group/mode applied, removed when the socket is dropped), and
-//! reading back the real local address.
+//! born with their mode and owner, changed later only through the inode
+//! bound, removed when the socket is dropped), re-applying a kept socket's
+//! changed options, and reading back the real local address.
 //! Must not: know about processes or the event loop.
+//!
+//! # Unix socket files and who can write their directory
+//!
+//! Whoever can write a socket's directory can rename something else over
+//! the socket file at any moment, so no path is ever trusted after the
+//! `bind` that creates the file:
+//! - the file is born with its final mode (`umask` around `bind`; doorman
+//!   is single-threaded);
+//! - in a directory only root can change (owned by root, writable by no
+//!   one else, or sticky), the owner is set with `fchownat(...,
+//!   AT_SYMLINK_NOFOLLOW)` right after `bind`: nobody else can swap the
+//!   file in between;
+//! - in a directory owned by the socket's owner (a `/run/app` of the
+//!   service's user), the file is created as that user (`setfsuid`/
+//!   `setfsgid` around `bind`), so nothing needs changing after it;
+//! - any other directory (writable by others without the sticky bit, by a
+//!   group other than root's, or owned by another user) is refused;
+//! - a later change (a reload) opens the file with `O_PATH|O_NOFOLLOW`,
+//!   checks that it is the very inode bound (a bound socket keeps its
+//!   inode alive, so the number cannot be reused meanwhile), and changes
+//!   it through that descriptor.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,9 +46,18 @@ use crate::config::{Address, Endpoint, SockType, DEFAULT_UNIX_MODE};
 #[derive(Debug)]
 pub struct UnlinkOnDrop(pub PathBuf);
 
+impl UnlinkOnDrop {
+    /// Keeps the file after all (`RemoveOnStop=no` since a reload).
+    pub fn disarm(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
 impl Drop for UnlinkOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -38,6 +69,16 @@ pub struct Bound {
     pub local: Address,
     /// For unix sockets: removes the file when the socket goes.
     pub unlink: Option<UnlinkOnDrop>,
+    /// For unix socket files: the inode bound.
+    pub node: Option<Node>,
+}
+
+/// The inode of a unix socket's file, as bound: what a later change of its
+/// owner or mode must find at the path before it touches anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    dev: u64,
+    ino: u64,
 }
 
 /// The failing step and its errno: `("bind 0.0.0.0:79", EADDRINUSE)`.
@@ -86,6 +127,7 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
         )?;
     }
     let mut unlink = None;
+    let mut node = None;
     match &e.addr {
         Address::Inet(addr) => {
             // Inherited by accepted connections on Linux.
@@ -146,15 +188,10 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
                 socket::bind(fd.as_raw_fd(), &ua)
                     .map_err(|err| (format!("bind {}", path.display()), err))?;
             } else {
-                prepare_unix_path(path, e)?;
-                let ua =
-                    UnixAddr::new(path).map_err(|err| (format!("bind {}", path.display()), err))?;
-                socket::bind(fd.as_raw_fd(), &ua)
-                    .map_err(|err| (format!("bind {}", path.display()), err))?;
+                node = Some(bind_unix_file(&fd, path, e)?);
                 if !e.opts.keep_on_stop {
                     unlink = Some(UnlinkOnDrop(path.clone()));
                 }
-                apply_perms(path, e)?;
             }
         }
     }
@@ -169,7 +206,12 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
         ),
         Address::Unix(p) => Address::Unix(p.clone()),
     };
-    Ok(Bound { fd, local, unlink })
+    Ok(Bound {
+        fd,
+        local,
+        unlink,
+        node,
+    })
 }
 
 /// The name of an abstract unix socket (`@name`), if `path` is one.
@@ -209,11 +251,13 @@ fn prepare_unix_path(path: &Path, e: &Endpoint) -> Result<(), BindError> {
             Errno::EEXIST,
         ));
     }
-    // A socket file: stale if nobody answers on it.
+    // A socket file: stale if nobody answers on it. Non-blocking: a live
+    // listener whose backlog is full answers EAGAIN instead of keeping
+    // doorman waiting.
     let probe = socket::socket(
         AddressFamily::Unix,
         nix_type(ty),
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
     .map_err(|err| ("socket".to_string(), err))?;
@@ -229,19 +273,359 @@ fn prepare_unix_path(path: &Path, e: &Endpoint) -> Result<(), BindError> {
     }
 }
 
-fn apply_perms(path: &Path, e: &Endpoint) -> Result<(), BindError> {
+/// Who may rename things in a unix socket's directory, besides root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trust {
+    /// Nobody: the file can be fixed up by name after `bind`.
+    Root,
+    /// This user, the socket's owner: the file is created as that user.
+    Owner(u32),
+}
+
+/// Opens `dir` (`O_PATH`) and decides whether a socket owned by `owner`
+/// (`None`: doorman's own user) may be made there; the reason if not.
+fn trusted_dir(dir: &Path, owner: Option<u32>) -> Result<(OwnedFd, Trust), BindError> {
+    let shown = dir.display();
+    let fd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|err| (format!("open directory {shown}"), err))?;
+    // SAFETY: `open` just returned this fd and nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())
+        .map_err(|err| (format!("stat directory {shown}"), err))?;
+    let mode = st.st_mode;
+    let sticky = mode & libc::S_ISVTX != 0;
+    let refuse = |why: String| {
+        Err((
+            format!(
+                "unix socket directory {shown} {why}: whoever can write it could swap the socket file (fix its owner or mode, or put the socket elsewhere)"
+            ),
+            Errno::EPERM,
+        ))
+    };
+    if mode & libc::S_IWOTH != 0 && !sticky {
+        return refuse(format!(
+            "is writable by every user and not sticky (mode {:04o})",
+            mode & 0o7777
+        ));
+    }
+    if mode & libc::S_IWGRP != 0 && !sticky && st.st_gid != 0 {
+        return refuse(format!(
+            "is writable by group {} (mode {:04o})",
+            st.st_gid,
+            mode & 0o7777
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let trust = match st.st_uid {
+        0 => Trust::Root,
+        u if owner == Some(u) => Trust::Owner(u),
+        // A doorman that is not root, in its own directory.
+        u if u == me && owner.map_or(true, |o| o == me) => Trust::Root,
+        u => {
+            return refuse(format!(
+                "is owned by uid {u}, neither root nor the socket's owner{}",
+                owner.map_or(String::new(), |o| format!(" (uid {o})"))
+            ))
+        }
+    };
+    Ok((fd, trust))
+}
+
+/// The file-system ids doorman creates files with, switched for the
+/// lifetime of the guard (`setfsuid`/`setfsgid`; doorman is
+/// single-threaded), and the umask likewise.
+struct CreateAs {
+    fsids: Option<(u32, u32)>,
+    umask: nix::sys::stat::Mode,
+}
+
+impl CreateAs {
+    fn new(mode: u32, ids: Option<(u32, Option<u32>)>) -> Result<CreateAs, BindError> {
+        let mask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
+        let umask = nix::sys::stat::umask(mask);
+        let mut guard = CreateAs { fsids: None, umask };
+        if let Some((uid, gid)) = ids {
+            let (me_u, me_g) = (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            );
+            guard.fsids = Some((me_u, me_g));
+            // SAFETY: setfsgid/setfsuid change this thread's file-system
+            // ids only; doorman has one thread. Asking with -1 (an invalid
+            // id) reads the current value back.
+            unsafe {
+                if let Some(g) = gid {
+                    libc::setfsgid(g);
+                }
+                libc::setfsuid(uid);
+                let now_u = libc::setfsuid(u32::MAX) as u32;
+                let now_g = libc::setfsgid(u32::MAX) as u32;
+                if now_u != uid || gid.is_some_and(|g| now_g != g) {
+                    return Err((format!("create the socket file as uid {uid}"), Errno::EPERM));
+                }
+            }
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for CreateAs {
+    fn drop(&mut self) {
+        if let Some((u, g)) = self.fsids {
+            // SAFETY: as in `new`, putting doorman's own ids back.
+            unsafe {
+                libc::setfsuid(u);
+                libc::setfsgid(g);
+            }
+        }
+        nix::sys::stat::umask(self.umask);
+    }
+}
+
+/// Binds `fd` to the socket file `path`, born with its final mode and
+/// owner (see the module's notes): the inode bound.
+fn bind_unix_file(fd: &OwnedFd, path: &Path, e: &Endpoint) -> Result<Node, BindError> {
     let shown = path.display();
-    if e.perms.owner.is_some() || e.perms.group.is_some() {
-        nix::unistd::chown(
-            path,
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err((format!("bind {shown}: no file name"), Errno::EINVAL));
+    };
+    prepare_unix_path(path, e)?;
+    let (dirfd, trust) = trusted_dir(dir, e.perms.owner)?;
+    let mode = e.perms.mode.unwrap_or(DEFAULT_UNIX_MODE) & 0o7777;
+    let creator = match trust {
+        Trust::Root => None,
+        Trust::Owner(u) => Some((u, e.perms.group)),
+    };
+    let ua = UnixAddr::new(path).map_err(|err| (format!("bind {shown}"), err))?;
+    {
+        let _as = CreateAs::new(mode, creator)?;
+        socket::bind(fd.as_raw_fd(), &ua).map_err(|err| (format!("bind {shown}"), err))?;
+    }
+    let me = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let want_uid = e.perms.owner.unwrap_or(me.0);
+    if trust == Trust::Root && (e.perms.owner.is_some() || e.perms.group.is_some()) {
+        // Nobody but root can rename in this directory: the name is still
+        // the file just made.
+        nix::unistd::fchownat(
+            Some(dirfd.as_raw_fd()),
+            name,
             e.perms.owner.map(nix::unistd::Uid::from_raw),
             e.perms.group.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|err| (format!("chown {shown}"), err))?;
     }
-    let mode = e.perms.mode.unwrap_or(DEFAULT_UNIX_MODE);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|err| (format!("chmod {mode:o} {shown}"), io_errno(&err)))
+    // What is there now must be the file made (a socket of the expected
+    // owner, with no other link): its inode is then the one bound.
+    let node = open_node(&dirfd, name, path)?;
+    let st =
+        nix::sys::stat::fstat(node.as_raw_fd()).map_err(|err| (format!("stat {shown}"), err))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_uid != want_uid || st.st_nlink != 1 {
+        return Err((
+            format!("bind {shown}: the socket file was replaced right after it was made"),
+            Errno::EEXIST,
+        ));
+    }
+    let id = Node {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    };
+    // A default ACL on the directory can widen the mode the umask gave.
+    if st.st_mode & 0o7777 != mode {
+        chmod_node(&node, mode, path)?;
+    }
+    if let Some(g) = e.perms.group {
+        if st.st_gid != g {
+            return Err((
+                format!(
+                    "chown {shown}: the set-group-ID directory gave it group {} instead of {g}",
+                    st.st_gid
+                ),
+                Errno::EPERM,
+            ));
+        }
+    }
+    Ok(id)
+}
+
+/// The socket file `name` in `dir`, opened without following a link
+/// (`O_PATH`: nothing is read or connected).
+fn open_node(dir: &OwnedFd, name: &std::ffi::OsStr, path: &Path) -> Result<OwnedFd, BindError> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|err| (format!("open {}", path.display()), err))?;
+    // SAFETY: `openat` just returned this fd and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Changes the mode of the inode `node` refers to: through
+/// `/proc/self/fd` (`fchmod` refuses an `O_PATH` fd), which names the
+/// inode, not a path anyone can swap.
+fn chmod_node(node: &OwnedFd, mode: u32, path: &Path) -> Result<(), BindError> {
+    let magic = format!("/proc/self/fd/{}", node.as_raw_fd());
+    std::fs::set_permissions(&magic, std::fs::Permissions::from_mode(mode)).map_err(|err| {
+        let errno = io_errno(&err);
+        let hint = if errno == Errno::ENOENT {
+            " (/proc is not mounted)"
+        } else {
+            ""
+        };
+        (format!("chmod {mode:04o} {}{hint}", path.display()), errno)
+    })
+}
+
+/// Re-applies what changed between `old` and `new`, the endpoint a kept
+/// socket was bound with and the one a reload asks for (the bind key, and
+/// so the address, is the same): buffer sizes, backlog, keep-alive, no
+/// delay, reuse-port and free-bind (which matter only at the next bind,
+/// but are set so that the socket says what the configuration says), and
+/// a unix socket file's owner, group and mode.
+pub fn reapply(
+    fd: &OwnedFd,
+    old: &Endpoint,
+    new: &Endpoint,
+    node: Option<Node>,
+) -> Result<(), BindError> {
+    let opt = |what: &str, r: nix::Result<()>| r.map_err(|err| (format!("setsockopt {what}"), err));
+    if new.sndbuf != old.sndbuf {
+        let n = new
+            .sndbuf
+            .map_or_else(|| default_buffer("wmem_default"), |n| Some(n as usize));
+        if let Some(n) = n {
+            opt("SO_SNDBUF", socket::setsockopt(fd, sockopt::SndBuf, &n))?;
+        }
+    }
+    if new.rcvbuf != old.rcvbuf {
+        let n = new
+            .rcvbuf
+            .map_or_else(|| default_buffer("rmem_default"), |n| Some(n as usize));
+        if let Some(n) = n {
+            opt("SO_RCVBUF", socket::setsockopt(fd, sockopt::RcvBuf, &n))?;
+        }
+    }
+    let (o, n) = (old.opts, new.opts);
+    if n.reuseport != o.reuseport {
+        opt(
+            "SO_REUSEPORT",
+            socket::setsockopt(fd, sockopt::ReusePort, &n.reuseport),
+        )?;
+    }
+    if let Address::Inet(addr) = &new.addr {
+        if n.keepalive != o.keepalive {
+            opt(
+                "SO_KEEPALIVE",
+                socket::setsockopt(fd, sockopt::KeepAlive, &n.keepalive),
+            )?;
+        }
+        if n.nodelay != o.nodelay && new.sock_type == SockType::Stream {
+            opt(
+                "TCP_NODELAY",
+                socket::setsockopt(fd, sockopt::TcpNoDelay, &n.nodelay),
+            )?;
+        }
+        if n.freebind != o.freebind {
+            let (level, name) = if addr.is_ipv6() {
+                (libc::SOL_IPV6, libc::IPV6_FREEBIND)
+            } else {
+                (libc::SOL_IP, libc::IP_FREEBIND)
+            };
+            let on = libc::c_int::from(n.freebind);
+            // SAFETY: setsockopt with a pointer to an int we own and its size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    level,
+                    name,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(("setsockopt FREEBIND".into(), Errno::last()));
+            }
+        }
+    }
+    if new.backlog != old.backlog && new.sock_type.accepts() {
+        // listen() again on a listening socket sets its backlog.
+        let b = socket::Backlog::new(new.backlog.clamp(1, i32::MAX))
+            .unwrap_or(socket::Backlog::MAXCONN);
+        socket::listen(fd, b).map_err(|err| (format!("listen {}", new.addr), err))?;
+    }
+    if let (Address::Unix(path), Some(node)) = (&new.addr, node) {
+        reapply_unix(path, node, old, new)?;
+    }
+    Ok(())
+}
+
+/// The kernel's default socket buffer size (`net.core.wmem_default` or
+/// `rmem_default`), for a buffer setting that was removed.
+fn default_buffer(name: &str) -> Option<usize> {
+    std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Re-applies a kept socket's owner, group and mode after a reload that
+/// changed them: only to the very inode that was bound (`node`), through
+/// a descriptor of it, never through the path; and only where a fresh
+/// bind with these settings would be allowed.
+fn reapply_unix(path: &Path, node: Node, old: &Endpoint, new: &Endpoint) -> Result<(), BindError> {
+    let (o, n) = (old.perms, new.perms);
+    let mode_of = |p: crate::config::UnixPerms| p.mode.unwrap_or(DEFAULT_UNIX_MODE) & 0o7777;
+    if o == n || (o.owner == n.owner && o.group == n.group && mode_of(o) == mode_of(n)) {
+        return Ok(());
+    }
+    let shown = path.display();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name() else {
+        return Err((format!("{shown}: no file name"), Errno::EINVAL));
+    };
+    let (dirfd, _) = trusted_dir(dir, n.owner)?;
+    let fd = open_node(&dirfd, name, path)?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|err| (format!("stat {shown}"), err))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_dev != node.dev || st.st_ino != node.ino
+    {
+        return Err((
+            format!("{shown}: the file there is no longer the socket doorman bound"),
+            Errno::ESTALE,
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let me_g = nix::unistd::getegid().as_raw();
+    let (uid, gid) = (n.owner.unwrap_or(me), n.group.unwrap_or(me_g));
+    if (st.st_uid, st.st_gid) != (uid, gid) {
+        // AT_EMPTY_PATH: the inode the O_PATH descriptor names.
+        // SAFETY: fchownat on our descriptor with an empty path.
+        let r =
+            unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) };
+        if r != 0 {
+            return Err((format!("chown {shown}"), Errno::last()));
+        }
+    }
+    if st.st_mode & 0o7777 != mode_of(n) {
+        chmod_node(&fd, mode_of(n), path)?;
+    }
+    Ok(())
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {

@@ -67,6 +67,9 @@ fn main() -> ExitCode {
 fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error> {
     // Signals first: a SIGTERM during start-up is then handled, and the
     // dispositions handlers must get back are read before we change any.
+    // Before doorman opens anything of its own, which could take the
+    // number of an --ready-fd that was not really inherited.
+    check_ready_fd(args.ready_fd)?;
     ensure_std_fds();
     cloexec_inherited_fds();
     let trap = signals::Trap::install()
@@ -280,12 +283,60 @@ fn pidfile(args: &cli::Args) -> Option<std::path::PathBuf> {
 }
 
 /// Writes the pid next to `path` and renames it into place, so that a
-/// reader never sees a partial file.
+/// reader never sees a partial file. The temporary file is created anew
+/// (`O_EXCL|O_NOFOLLOW`): a link planted there, or a file of someone
+/// else's, is never followed or written to; a leftover of an earlier
+/// doorman with the same pid is removed first (unlink removes a link, not
+/// what it points to).
 fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&tmp, path)
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+    };
+    let mut f = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)?;
+            open()?
+        }
+        r => r?,
+    };
+    let written = f.write_all(format!("{}\n", std::process::id()).as_bytes());
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `--ready-fd N` must name a descriptor doorman was given to write to:
+/// above 2 (0-2 are the standard streams), open, and writable. Checked
+/// before doorman opens any descriptor of its own, so that it cannot be
+/// one of them.
+fn check_ready_fd(fd: Option<i32>) -> Result<(), Error> {
+    let Some(fd) = fd else { return Ok(()) };
+    if fd <= 2 {
+        return Err(Error::Usage(format!(
+            "--ready-fd {fd}: must be above 2 (0, 1 and 2 are the standard streams)"
+        )));
+    }
+    match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+        Ok(flags) if flags & libc::O_ACCMODE != libc::O_RDONLY => Ok(()),
+        Ok(_) => Err(Error::Usage(format!(
+            "--ready-fd {fd}: the descriptor is open for reading only"
+        ))),
+        Err(e) => Err(Error::Usage(format!(
+            "--ready-fd {fd}: no such open descriptor ({})",
+            e.desc()
+        ))),
+    }
 }
 
 /// `--reload`: SIGHUP to the pid in the pidfile.

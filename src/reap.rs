@@ -11,7 +11,6 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// One running handler.
@@ -71,13 +70,56 @@ impl fmt::Display for Outcome {
         match *self {
             Outcome::Exited(c) => write!(f, "status={c}"),
             Outcome::Signaled(s, core) => {
-                let name = nix::sys::signal::Signal::try_from(s)
-                    .map(|s| s.as_str())
-                    .unwrap_or("?");
-                write!(f, "signal={name}{}", if core { " core=yes" } else { "" })
+                write!(
+                    f,
+                    "signal={}{}",
+                    signal_name(s),
+                    if core { " core=yes" } else { "" }
+                )
             }
         }
     }
+}
+
+impl Outcome {
+    /// Decodes a `waitpid` status word; `None` for a stopped or continued
+    /// child (not an end). Every signal number is kept as it is, real-time
+    /// ones (32 to 64) included: a typed signal enum cannot hold those.
+    pub fn from_status(status: libc::c_int) -> Option<Outcome> {
+        if libc::WIFEXITED(status) {
+            Some(Outcome::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(Outcome::Signaled(
+                libc::WTERMSIG(status),
+                libc::WCOREDUMP(status),
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A signal's name as `kill -l` prints it: `SIGTERM`, `SIGRTMIN`,
+/// `SIGRTMIN+2`, `SIGRTMAX-1`, `SIGRTMAX`; `SIG32` for the two the C
+/// library keeps for itself; the number for anything else.
+pub fn signal_name(sig: i32) -> String {
+    if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+        return s.as_str().to_string();
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if (min..=max).contains(&sig) {
+        let mid = min + (max - min) / 2;
+        return match sig {
+            s if s == min => "SIGRTMIN".to_string(),
+            s if s == max => "SIGRTMAX".to_string(),
+            s if s <= mid => format!("SIGRTMIN+{}", s - min),
+            s => format!("SIGRTMAX-{}", max - s),
+        };
+    }
+    if (32..min).contains(&sig) {
+        return format!("SIG{sig}");
+    }
+    sig.to_string()
 }
 
 /// A reaped child: its record (if it was a handler of ours), how it ended
@@ -124,19 +166,33 @@ impl Children {
         self.table.iter().map(|(p, c)| (Pid::from_raw(*p), c))
     }
 
-    /// Reaps every exited child, ours or re-parented, without blocking.
+    /// Reaps every exited child, ours or re-parented, without blocking,
+    /// until the kernel says there is none left to reap (`0`: the others
+    /// still run; `ECHILD`: no child at all). The status word is decoded
+    /// here, not by a typed wrapper, so that a death by a real-time signal
+    /// is reaped and reported like any other.
     pub fn reap_all(&mut self, now: Instant) -> Vec<Exit> {
         let mut out = Vec::new();
         loop {
-            let (pid, outcome) = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Outcome::Exited(code)),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                    (pid, Outcome::Signaled(sig as i32, core))
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid with WNOHANG and a status word we own.
+            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if r == 0 {
+                break; // children left, none exited
+            }
+            if r < 0 {
+                match Errno::last() {
+                    Errno::EINTR => continue,
+                    Errno::ECHILD => break,
+                    e => {
+                        log::error!("waitpid: {}", e.desc());
+                        break;
+                    }
                 }
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(_) => continue, // stopped/continued: not an exit
-                Err(Errno::EINTR) => continue,
-                Err(_) => break, // ECHILD: no children at all
+            }
+            let pid = Pid::from_raw(r);
+            let Some(outcome) = Outcome::from_status(status) else {
+                continue; // stopped or continued: not an end
             };
             let child = self.table.remove(&pid.as_raw());
             let duration = child
@@ -150,5 +206,48 @@ impl Children {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_word_is_decoded() {
+        // exit(3): status in bits 8-15.
+        assert_eq!(Outcome::from_status(3 << 8), Some(Outcome::Exited(3)));
+        // Killed by SIGTERM (15), and by SIGSEGV with a core (0x80).
+        assert_eq!(Outcome::from_status(15), Some(Outcome::Signaled(15, false)));
+        assert_eq!(
+            Outcome::from_status(11 | 0x80),
+            Some(Outcome::Signaled(11, true))
+        );
+        // Real-time signals, which nix's WaitStatus refuses with EINVAL.
+        for sig in [32, 34, 36, 50, 63, 64] {
+            assert_eq!(
+                Outcome::from_status(sig),
+                Some(Outcome::Signaled(sig, false)),
+                "signal {sig}"
+            );
+        }
+        // Stopped (0x7f) and continued (0xffff) are not ends.
+        assert_eq!(Outcome::from_status((19 << 8) | 0x7f), None);
+        assert_eq!(Outcome::from_status(0xffff), None);
+        assert_eq!(libc::SIGRTMIN(), 34, "glibc keeps 32 and 33");
+        assert_eq!(
+            Outcome::from_status(34).unwrap().to_string(),
+            "signal=SIGRTMIN"
+        );
+        assert_eq!(
+            Outcome::from_status(64).unwrap().to_string(),
+            "signal=SIGRTMAX"
+        );
+        assert_eq!(signal_name(36), "SIGRTMIN+2");
+        assert_eq!(signal_name(63), "SIGRTMAX-1");
+        assert_eq!(signal_name(49), "SIGRTMIN+15");
+        assert_eq!(signal_name(50), "SIGRTMAX-14");
+        assert_eq!(signal_name(32), "SIG32");
+        assert_eq!(signal_name(15), "SIGTERM");
     }
 }

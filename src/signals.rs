@@ -118,27 +118,87 @@ impl Trap {
 
 /// Signals a spawned child resets to their default disposition: SIGPIPE
 /// (ignored by the Rust runtime) and every signal doorman inherited as
-/// ignored (a shell's `&` ignores SIGINT and SIGQUIT, `nohup` SIGHUP);
-/// execve would keep them ignored. doorman installs no signal handler, so
-/// every other signal already has its default disposition, and the child
-/// makes a handful of `rt_sigaction` calls, not one per signal.
-/// Read once at start-up.
+/// ignored (a shell's `&` ignores SIGINT and SIGQUIT, `nohup` SIGHUP),
+/// from 1 to 64: real-time ones, SIGRTMAX and the two the C library keeps
+/// for itself (32, 33) included, which is why the kernel is asked directly
+/// (glibc's `sigaction` refuses 32 and 33). execve would keep them
+/// ignored. doorman installs no signal handler, so every other signal
+/// already has its default disposition, and the child makes a handful of
+/// `rt_sigaction` calls, not one per signal. Read once at start-up.
 pub fn to_reset_in_children() -> Vec<c_int> {
     let mut out = vec![libc::SIGPIPE];
-    for sig in 1..libc::SIGRTMAX() {
+    for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP || out.contains(&sig) {
             continue;
         }
-        // SAFETY: querying (null new action) a valid signal number's
-        // disposition into a zeroed struct we own.
-        let ignored = unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction == libc::SIG_IGN
-        };
-        if ignored {
+        if disposition(sig) == Some(libc::SIG_IGN) {
             out.push(sig);
         }
     }
     out
+}
+
+/// The handler word of signal `sig`'s disposition, as the kernel has it.
+fn disposition(sig: c_int) -> Option<libc::sighandler_t> {
+    let mut old = crate::spawn::child::KernelSigaction { words: [0; 8] };
+    // SAFETY: rt_sigaction with a null new action (a query) into a
+    // buffer larger than the kernel's struct sigaction, whose first word
+    // is the handler on every architecture.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            std::ptr::null::<libc::c_void>(),
+            &mut old as *mut crate::spawn::child::KernelSigaction,
+            crate::spawn::child::SIGSET_SIZE,
+        )
+    };
+    (r == 0).then_some(old.words[0] as libc::sighandler_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignored_signals_beyond_glibcs_range_are_reset() {
+        // Ignore 32 (glibc's own) and SIGRTMAX the way a parent process
+        // could have, straight through the kernel; both must be reset.
+        let ign = crate::spawn::child::KernelSigaction {
+            words: [libc::SIG_IGN, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let mut saved = Vec::new();
+        for sig in [32, 64] {
+            let mut old = crate::spawn::child::KernelSigaction { words: [0; 8] };
+            // SAFETY: rt_sigaction installing SIG_IGN (no handler code)
+            // and saving the old action into a buffer we own.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &ign as *const crate::spawn::child::KernelSigaction,
+                    &mut old as *mut crate::spawn::child::KernelSigaction,
+                    crate::spawn::child::SIGSET_SIZE,
+                )
+            };
+            assert_eq!(r, 0);
+            saved.push((sig, old));
+        }
+        let reset = to_reset_in_children();
+        for (sig, old) in saved {
+            // SAFETY: putting back the action saved above.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &old as *const crate::spawn::child::KernelSigaction,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    crate::spawn::child::SIGSET_SIZE,
+                )
+            };
+        }
+        assert!(reset.contains(&32), "{reset:?}");
+        assert!(reset.contains(&64), "{reset:?}");
+        assert!(reset.contains(&libc::SIGPIPE));
+    }
 }

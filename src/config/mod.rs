@@ -240,13 +240,22 @@ pub struct Rlimit {
 /// The handler's process settings beyond credentials.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecSpec {
-    /// Pass doorman's own environment on (systemd units and inetd.conf);
-    /// `false` gives only `pass` and `set` (xinetd).
+    /// Pass doorman's own environment on (inetd.conf, the command line,
+    /// xinetd without `passenv`); `false` gives only `pass` and `set`.
     pub inherit_env: bool,
-    /// Variables passed from doorman's environment when not inheriting it.
+    /// Start from the environment a service manager gives its units
+    /// (systemd.exec(5): its `PATH`, the system locale), not doorman's;
+    /// `USER`, `LOGNAME`, `HOME` and `SHELL` whenever a user is set
+    /// (systemd units).
+    pub manager_env: bool,
+    /// Variables passed from doorman's environment when not inheriting it
+    /// (xinetd `passenv`, systemd `PassEnvironment=`).
     pub pass_env: Vec<String>,
     /// Variables set (after inheritance; the last setting wins).
     pub set_env: Vec<(String, String)>,
+    /// Variables removed at the end (systemd `UnsetEnvironment=`: a name,
+    /// or `NAME=value` to remove only that value).
+    pub unset_env: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub umask: Option<u32>,
     pub nice: Option<i32>,
@@ -453,6 +462,10 @@ pub struct Creds {
     pub gid: u32,
     /// Supplementary groups (the user's entries in the group database plus `gid`).
     pub groups: Vec<u32>,
+    /// The user's home directory and login shell (`HOME`, `SHELL`), empty
+    /// for a bare uid with no passwd entry.
+    pub home: String,
+    pub shell: String,
 }
 
 /// A service doorman serves itself, inside its loop, without forking.
@@ -587,6 +600,7 @@ impl Service {
         self.fd_name.shrink_to_fit();
         self.exec.pass_env.shrink_to_fit();
         self.exec.set_env.shrink_to_fit();
+        self.exec.unset_env.shrink_to_fit();
         self.exec.rlimits.shrink_to_fit();
         for v in [&mut self.access.uids, &mut self.access.gids] {
             v.shrink_to_fit();
@@ -782,14 +796,21 @@ impl fmt::Display for Service {
             }
         }
         let e = &self.exec;
-        if !e.inherit_env {
+        if e.manager_env {
+            write!(f, " env=manager")?;
+        } else if !e.inherit_env {
             write!(f, " env=clean")?;
+        }
+        if !e.inherit_env {
             for p in &e.pass_env {
                 write!(f, " passenv={p}")?;
             }
         }
         for (k, v) in &e.set_env {
             write!(f, " env+={}", display_argv(&[format!("{k}={v}")]))?;
+        }
+        for u in &e.unset_env {
+            write!(f, " env-={}", display_argv(std::slice::from_ref(u)))?;
         }
         if let Some(d) = &e.cwd {
             write!(f, " cwd={}", d.display())?;

@@ -23,12 +23,14 @@ pub const FILES_ONLY: bool = cfg!(target_feature = "crt-static");
 pub const PASSWD: &str = "/etc/passwd";
 pub const GROUP: &str = "/etc/group";
 
-/// A user's name, uid and primary gid.
+/// A user's name, uid, primary gid, home directory and login shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PwEntry {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    pub home: String,
+    pub shell: String,
 }
 
 /// A group's name, gid and members (user names).
@@ -50,6 +52,8 @@ pub fn parse_passwd(text: &str) -> Vec<PwEntry> {
                 name: f[0].to_string(),
                 uid: f[2].parse().ok()?,
                 gid: f[3].parse().ok()?,
+                home: f.get(5).map_or("", |h| h).to_string(),
+                shell: f.get(6).map_or("", |h| h).to_string(),
             })
         })
         .collect()
@@ -177,6 +181,8 @@ fn pw_entry(u: User) -> PwEntry {
         name: u.name,
         uid: u.uid.as_raw(),
         gid: u.gid.as_raw(),
+        home: u.dir.to_string_lossy().into_owned(),
+        shell: u.shell.to_string_lossy().into_owned(),
     }
 }
 
@@ -219,12 +225,15 @@ users:x:100:other
             PwEntry {
                 name: "app".into(),
                 uid: 1000,
-                gid: 1000
+                gid: 1000,
+                home: "/home/app".into(),
+                shell: "/sbin/nologin".into(),
             }
         );
         // First entry wins, as with glibc.
         assert_eq!(db.iter().find(|u| u.name == "dup").unwrap().uid, 7);
         assert_eq!(db[4].gid, 65534);
+        assert_eq!(db[4].shell, "/usr/sbin/nologin");
     }
 
     #[test]

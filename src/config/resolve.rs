@@ -576,6 +576,8 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
                 uid,
                 gid,
                 groups: vec![gid],
+                home: String::new(),
+                shell: String::new(),
             });
         }
         return Err((
@@ -593,6 +595,8 @@ fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds, (&'static str
         uid: pw.uid,
         gid,
         groups,
+        home: pw.home,
+        shell: pw.shell,
     })
 }
 

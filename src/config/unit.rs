@@ -210,6 +210,11 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
     };
     // systemd's default is RemoveOnStop=no: the socket file stays.
     b.raw.sock_opts.keep_on_stop = true;
+    // A unit's handler gets the environment systemd.exec(5) assembles
+    // (the manager's PATH and locale, the user's variables, what the unit
+    // sets or passes), not doorman's own.
+    b.raw.exec.inherit_env = false;
+    b.raw.exec.manager_env = true;
     if !accept {
         // systemd names Accept=no sockets after the socket unit.
         b.raw.fd_name = Some(file_name.to_string());
@@ -560,6 +565,8 @@ impl Builder {
             "SupplementaryGroups",
             "Environment",
             "EnvironmentFile",
+            "PassEnvironment",
+            "UnsetEnvironment",
             "WorkingDirectory",
             "UMask",
             "Nice",
@@ -623,6 +630,22 @@ impl Builder {
                             env.retain(|(ek, _)| ek != k);
                             env.push((k.to_string(), val.to_string()));
                         }
+                    }
+                    "PassEnvironment" => {
+                        if v.is_empty() {
+                            self.raw.exec.pass_env.clear();
+                        }
+                        for name in split_words(v)? {
+                            if !self.raw.exec.pass_env.contains(&name) {
+                                self.raw.exec.pass_env.push(name);
+                            }
+                        }
+                    }
+                    "UnsetEnvironment" => {
+                        if v.is_empty() {
+                            self.raw.exec.unset_env.clear();
+                        }
+                        self.raw.exec.unset_env.extend(split_words(v)?);
                     }
                     "EnvironmentFile" => {
                         if v.is_empty() {

@@ -101,7 +101,9 @@ struct ServiceRt {
     label: String,
     /// What a spawn of this service needs, made at its first spawn: a
     /// service nobody connects to costs no argv, envp or credentials.
-    image: Option<Box<Image>>,
+    /// (Shared with detached children on their way to exec, which keep it
+    /// alive past a reload that drops this service.)
+    image: Option<std::rc::Rc<Image>>,
     counters: Counters,
     paused_until: Option<Instant>,
     listeners: Vec<usize>,
@@ -110,12 +112,12 @@ struct ServiceRt {
 /// A service's spawn image, made on first use. (A function of the two
 /// fields, so that the rest of the service can be borrowed meanwhile.)
 fn image_of<'a>(
-    image: &'a mut Option<Box<Image>>,
+    image: &'a mut Option<std::rc::Rc<Image>>,
     svc: &Service,
     base: &BaseEnv,
     reset_signals: &[libc::c_int],
-) -> &'a Image {
-    image.get_or_insert_with(|| Box::new(Image::new(svc, base, reset_signals)))
+) -> &'a std::rc::Rc<Image> {
+    image.get_or_insert_with(|| std::rc::Rc::new(Image::new(svc, base, reset_signals)))
 }
 
 /// The state of a `wait` listener.
@@ -143,6 +145,10 @@ struct ListenerRt {
     service: usize,
     registered: bool,
     wait: WaitState,
+    /// The endpoint as last applied (a reload re-applies what changed).
+    ep: Endpoint,
+    /// A unix socket file's inode, as bound.
+    node: Option<listen::Node>,
     _unlink: Option<UnlinkOnDrop>,
 }
 
@@ -1147,13 +1153,16 @@ impl Server {
         let now = Instant::now();
         for exit in self.children.reap_all(now) {
             let Some(child) = &exit.child else {
+                // Not a handler's (an orphan re-parented to doorman, or a
+                // vfork child that failed and was logged then).
+                let _ = spawn::reaped(exit.pid);
                 debug!("reaped orphan pid={} {}", exit.pid, exit.outcome);
                 continue;
             };
             let s = child.service;
-            // A detached clone that could not exec reports why only now
-            // (see `spawn::spawn`): it is a spawn failure, not an exit.
-            let failed_spawn = spawn::failure(exit.pid);
+            // A child that could not exec reports why only now (see
+            // `spawn::spawn`): it is a spawn failure, not an exit.
+            let failed_spawn = spawn::reaped(exit.pid);
             if let Some(e) = &failed_spawn {
                 let m = self.metrics.service(&child.label);
                 m.spawned = m.spawned.saturating_sub(1);
@@ -1334,8 +1343,6 @@ impl Server {
         if let Some(n) = &self.notify {
             n.send("STOPPING=1");
         }
-        // Nothing is freed while a child on its way to exec reads it.
-        spawn::quiesce(Duration::from_secs(2));
         emit(
             Level::Info,
             "stop",
@@ -1460,11 +1467,6 @@ fn group_alive(pgid: i32) -> bool {
     false
 }
 
-fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig)
-        .map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
-}
-
 fn set_nonblocking(fd: RawFd, on: bool) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
@@ -1502,7 +1504,7 @@ fn log_exit(label: &str, exit: &Exit) {
     match exit.outcome {
         Outcome::Exited(c) => fields.push(("status", V::N(c.into()))),
         Outcome::Signaled(sig, core) => {
-            fields.push(("signal", V::O(signal_name(sig))));
+            fields.push(("signal", V::O(crate::reap::signal_name(sig))));
             if core {
                 fields.push(("core", V::S("yes")));
             }

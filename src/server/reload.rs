@@ -31,22 +31,31 @@ impl Server {
             let label = svc.label();
             let mut mine: Vec<usize> = Vec::new();
             let mut taken: Vec<(usize, ListenerRt)> = Vec::new();
-            let mut fresh: Vec<listen::Bound> = Vec::new();
-            let mut fresh_keys = Vec::new();
+            let mut fresh: Vec<(listen::Bound, &Endpoint)> = Vec::new();
             for ep in &svc.endpoints {
                 let key = ep.bind_key();
-                if let Some(j) = old_listeners
+                let opened = match old_listeners
                     .iter()
                     .position(|o| o.as_ref().is_some_and(|l| l.key == key))
                 {
-                    taken.push((j, old_listeners[j].take().expect("present")));
-                    continue;
-                }
-                match open_endpoint(&svc, ep) {
-                    Ok(Some(b)) => {
-                        fresh.push(b);
-                        fresh_keys.push((key, ep.sock_type));
+                    // A kept socket gets what changed re-applied.
+                    Some(j) => {
+                        let mut l = old_listeners[j].take().expect("present");
+                        let r = listen::reapply(&l.fd, &l.ep, ep, l.node)
+                            .map(|()| {
+                                l.ep = ep.clone();
+                                keep_file(&mut l, ep);
+                            })
+                            .map_err(|(what, errno)| {
+                                format!("{label}: {what}: {} ({})", errno.desc(), svc.origin)
+                            });
+                        taken.push((j, l));
+                        r.map(|()| None)
                     }
+                    None => open_endpoint(&svc, ep),
+                };
+                match opened {
+                    Ok(Some(b)) => fresh.push((b, ep)),
                     Ok(None) => {}
                     Err(m) if fatal => {
                         // Put back what was taken so that nothing leaks.
@@ -79,7 +88,8 @@ impl Server {
                 mine.push(new_listeners.len());
                 new_listeners.push(l);
             }
-            for (b, (key, sock_type)) in fresh.into_iter().zip(fresh_keys) {
+            for (b, ep) in fresh {
+                let (key, sock_type) = (ep.bind_key(), ep.sock_type);
                 emit(
                     Level::Info,
                     "listen",
@@ -87,15 +97,7 @@ impl Server {
                         ("service", V::S(&label)),
                         ("addr", V::O(b.local.to_string())),
                         ("type", V::S(sock_type.as_str())),
-                        (
-                            "proto",
-                            V::S(
-                                svc.endpoints
-                                    .iter()
-                                    .find(|e| e.bind_key() == key)
-                                    .map_or("", |e| e.proto()),
-                            ),
-                        ),
+                        ("proto", V::S(ep.proto())),
                         ("mode", V::S(mode_name(svc.mode))),
                         ("handover", V::O(svc.handover.name())),
                     ],
@@ -111,6 +113,8 @@ impl Server {
                     service: idx,
                     registered: false,
                     wait: WaitState::default(),
+                    ep: ep.clone(),
+                    node: b.node,
                     _unlink: b.unlink,
                 });
             }
@@ -128,18 +132,8 @@ impl Server {
             });
         }
         // Counters and pauses follow the service that took over a socket.
-        // Children on their way to exec may still read the old images
-        // (and nothing else of the old services): wait for them, or keep
-        // the images for good.
-        let mut old_services = old_services;
-        if !spawn::quiesce(Duration::from_secs(2)) {
-            warn!("reload: a handler is still starting after 2 s; the old spawn images are kept");
-            for s in &mut old_services {
-                if let Some(image) = s.image.take() {
-                    Box::leak(image);
-                }
-            }
-        }
+        // (Children on their way to exec keep the old images they read
+        // alive themselves: nothing waits for them here.)
         let old_labels: Vec<String> = old_services.iter().map(|s| s.label.clone()).collect();
         for (old, n) in old_services.into_iter().zip(&old_to_new_service) {
             if let Some(n) = n {
@@ -253,5 +247,21 @@ impl Server {
             }
         }
         self.notify_status("READY=1");
+    }
+}
+
+/// A kept unix socket file is removed at exit, or kept, as the reloaded
+/// configuration now says (`RemoveOnStop=`).
+fn keep_file(l: &mut ListenerRt, ep: &Endpoint) {
+    let Address::Unix(path) = &ep.addr else {
+        return;
+    };
+    if listen::abstract_name(path).is_some() {
+        return;
+    }
+    match (ep.opts.keep_on_stop, l._unlink.take()) {
+        (false, None) => l._unlink = Some(UnlinkOnDrop(path.clone())),
+        (true, Some(u)) => u.disarm(),
+        (_, u) => l._unlink = u,
     }
 }

@@ -8,48 +8,56 @@
 //!    envp pointer arrays, the `LISTEN_PID=` entry with a fixed-width digit
 //!    slot, the supplementary group list (from `getgrouplist`, never
 //!    `initgroups` here), the fd moves as a fixed array, the list of signals
-//!    to reset, and where to report a failure: a slot in the parent's memory
-//!    (clone) or a close-on-exec error pipe (fork). See [`super::image`].
+//!    to reset, every count checked against its array's length, and where
+//!    to report a failure: a word in the parent's memory (clone) or in a
+//!    page shared with it (`MAP_SHARED`, fork). See [`super::image`].
 //! 2. **Allowed here:** system calls made directly ([`sys`]: an inline
 //!    `syscall`/`svc` instruction on x86-64 and AArch64), in this order:
-//!    `rt_sigaction`, `rt_sigprocmask`, `setpgid` (or `setsid`), `fcntl`, `dup3`,
+//!    `rt_sigaction`, `setpgid` (or `setsid`), `fcntl`, `dup3`,
 //!    `prlimit64`, `setpriority`, `umask`, `setgroups` → `setgid` →
-//!    `setuid` and their verification with `getuid` and friends, `chdir`,
-//!    `getpid`, `execve`, and on failure `write` and `exit`. Not through
-//!    the C library: its wrappers write `errno`, a thread-local of
-//!    doorman's own thread, which the detached child shares while doorman
-//!    runs (and its credential wrappers consult the thread list, which a
-//!    `CLONE_VM` child shares too). Nothing else: no allocation, no
-//!    logging, no locks, no `CString::new`, no `format!`, no
-//!    `nix::unistd::execve` (it allocates).
+//!    `setuid`, `prctl(PR_CAP_AMBIENT_CLEAR_ALL)` and `capset` (a handler
+//!    that is not root keeps no capability), the verification with
+//!    `getuid` and friends, `chdir`, `getpid`, `rt_sigprocmask` (the mask
+//!    emptied as the very last step) and `execve`, and on failure `exit`.
+//!    Not through the C library: its wrappers write `errno`, a thread-local
+//!    of doorman's own thread, which the detached child shares while
+//!    doorman runs (and its credential wrappers consult the thread list,
+//!    which a `CLONE_VM` child shares too). Nothing else: no allocation,
+//!    no logging, no locks, no `CString::new`, no `format!`, no
+//!    `nix::unistd::execve` (it allocates), no indexing or slicing that
+//!    could panic (every loop is bounded by `take`).
 //! 3. **Memory:** with `CLONE_VM` the child runs in doorman's memory on a
 //!    stack of its own. The only memory it writes is that stack, the
-//!    `LISTEN_PID` digits and the report slot; the detached child's are
+//!    `LISTEN_PID` digits and the report word; the detached child's are
 //!    its own (a slot in [`super`]) until the kernel clears the slot's
 //!    `busy` word at its exec or exit, and doorman neither reuses them nor
-//!    frees what the plan points into (a reload waits for such children
-//!    first: [`super::quiesce`]).
+//!    frees what the plan points into: the slot holds a reference to the
+//!    image, so a reload can drop its old services at once.
 //! 4. **Fd rule:** fds 0-2 are placed first (their sources are all ≥ 3, or
 //!    fd 2 itself for "doorman's stderr"); then the `LISTEN_FDS` sockets go
 //!    to 3, 4, ...: a source already inside that range is first copied
 //!    above it, so that no placement overwrites a socket still to be
 //!    placed; a socket already at its place has `FD_CLOEXEC` cleared
-//!    explicitly (`dup3` to itself is refused). The error pipe is moved
-//!    above the range first. Sockets are handed blocking. (The child has
-//!    a copy of doorman's fd table: no `CLONE_FILES`.)
-//! 5. **Failure path:** store the stage and errno in the report slot (or
-//!    write one stage byte and the 4 errno bytes to the pipe), then
-//!    `exit(127)`. A detached child's report is read when it is reaped.
+//!    explicitly (`dup3` to itself is refused). Sockets are handed
+//!    blocking. (The child has a copy of doorman's fd table: no
+//!    `CLONE_FILES`.)
+//! 5. **Failure path:** store the stage and errno in the report word, then
+//!    `exit(127)`. doorman reads the word when it reaps the child (at once
+//!    for vfork, whose parent is suspended until then); it never waits for
+//!    a child to report.
 //! 6. **Never return:** [`exec_child`] is `-> !`; a child that returned
 //!    would become a second doorman running the event loop.
 //! 7. **Signals:** doorman installs no signal handler (its trapped signals
 //!    stay blocked and are read from a signalfd), so none can run in the
-//!    child, which shares its memory. The child resets to `SIG_DFL` the
-//!    signals doorman ignores (SIGPIPE, and what it inherited ignored),
-//!    then empties the mask it inherited. Nothing else: every other
-//!    disposition is already the default. (The kernel gives a detached
-//!    `CLONE_VM` child no alternate signal stack and no rseq area, so it
-//!    shares neither with doorman.)
+//!    child, which shares its memory. A `CLONE_VM` child is born with every
+//!    signal blocked (doorman blocks them all around the clone): before
+//!    Linux 5.16 a core-dumping signal delivered to a process sharing
+//!    doorman's memory killed doorman too. The child resets to `SIG_DFL`
+//!    the signals doorman ignores (SIGPIPE, and what it inherited ignored,
+//!    1 to 64), and empties its mask right before `execve`. Nothing else:
+//!    every other disposition is already the default. (The kernel gives a
+//!    detached `CLONE_VM` child no alternate signal stack and no rseq
+//!    area, so it shares neither with doorman.)
 //! 8. **Why this is safe:** every step is one system call on memory
 //!    prepared before the clone and not touched by doorman until the child
 //!    is gone from it; no library state is read or written. The same
@@ -189,11 +197,14 @@ pub mod sys {
 /// zero (handler, flags, restorer, mask), and larger than any
 /// architecture's layout of it.
 #[repr(C)]
-struct KernelSigaction {
-    words: [usize; 8],
+pub struct KernelSigaction {
+    pub words: [usize; 8],
 }
 
-/// Which step failed, as sent on the error pipe (the first byte).
+/// The kernel's signal set: 64 signals, one bit each (signal n is bit n-1).
+pub const SIGSET_SIZE: usize = 8;
+
+/// Which step failed (the stage half of the report word).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Stage {
@@ -210,6 +221,7 @@ pub enum Stage {
     Nice = 11,
     Chdir = 12,
     Setpgid = 13,
+    Caps = 14,
 }
 
 impl Stage {
@@ -228,6 +240,7 @@ impl Stage {
             11 => Stage::Nice,
             12 => Stage::Chdir,
             13 => Stage::Setpgid,
+            14 => Stage::Caps,
             _ => return None,
         })
     }
@@ -247,6 +260,7 @@ impl Stage {
             Stage::Nice => "setpriority",
             Stage::Chdir => "chdir",
             Stage::Setpgid => "setpgid",
+            Stage::Caps => "drop capabilities",
         }
     }
 }
@@ -265,13 +279,14 @@ pub struct RawCreds {
     pub gid: gid_t,
     pub groups: *const gid_t,
     pub ngroups: usize,
-    /// Whether to call `setgroups` (only root may).
+    /// Whether to call `setgroups` (root, or `CAP_SETGID`, may).
     pub set_groups: bool,
 }
 
 /// Everything the child needs, as raw pointers into memory the parent
-/// prepared and keeps alive across the fork. Plain data: no destructor
-/// runs in the child.
+/// prepared and keeps alive across the spawn. Plain data: no destructor
+/// runs in the child. The counts are at most their arrays' lengths
+/// ([`ChildPlan::checked`]); the child reads no further either way.
 pub struct ChildPlan {
     pub path: *const c_char,
     pub argv: *const *const c_char,
@@ -300,23 +315,25 @@ pub struct ChildPlan {
     /// writes its pid there, then a NUL.
     pub listen_pid_slot: Option<(*mut u8, usize)>,
     pub creds: Option<RawCreds>,
-    /// Where a failure is reported.
-    pub report: Report,
+    /// Where a failure is reported: a word the parent reads when it reaps
+    /// the child (in its memory for a `CLONE_VM` child, in a page shared
+    /// with it after `fork()`).
+    pub report: *mut u64,
 }
 
-/// Where the child reports the step that failed and its errno.
-#[derive(Clone, Copy)]
-pub enum Report {
-    /// A slot in the parent's memory (the child shares it: `CLONE_VM`).
-    /// The parent reads it once the child has exec'd or exited: when the
-    /// vfork clone returns, or when it reaps a detached child; 0 means it
-    /// exec'd.
-    Slot(*mut u64),
-    /// The write end of a close-on-exec pipe (after `fork()`).
-    Pipe(RawFd),
+impl ChildPlan {
+    /// The plan with every count clamped to its array's length: what the
+    /// parent hands the child (checked here, before the spawn, so that
+    /// nothing in the child depends on it).
+    pub fn checked(mut self) -> ChildPlan {
+        self.nlisten = self.nlisten.min(MAX_LISTEN);
+        self.nrlimits = self.nrlimits.min(MAX_RLIMITS);
+        self.nsignals = self.nsignals.min(MAX_SIGNALS);
+        self
+    }
 }
 
-/// A failure as stored in the report slot: stage in the high half, errno
+/// A failure as stored in the report word: stage in the high half, errno
 /// in the low half. Never 0 (stages start at 1).
 pub fn encode(stage: Stage, errno: c_int) -> u64 {
     (stage as u64) << 32 | errno as u32 as u64
@@ -330,42 +347,30 @@ pub fn decode(v: u64) -> Option<(Option<Stage>, c_int)> {
 /// Reports `stage` and `errno` and exits 127.
 ///
 /// # Safety
-/// Only raw system calls: a store into the parent-prepared slot (or
-/// `write`) and `exit`. A `Slot` pointer must be valid for writes.
-unsafe fn fail(report: Report, stage: Stage, errno: c_int) -> ! {
-    match report {
-        // A volatile store: the compiler must not drop it as dead before
-        // the exit; the parent reads it only after the kernel has told it
-        // the child is gone (the vfork completion, or the child's exit
-        // status), which orders the two.
-        Report::Slot(slot) => std::ptr::write_volatile(slot, encode(stage, errno)),
-        Report::Pipe(fd) => {
-            let e = errno.to_ne_bytes();
-            let msg = [stage as u8, e[0], e[1], e[2], e[3]];
-            // A short or failed write leaves the parent reading 0 bytes,
-            // which it can tell apart from success by the exit status 127
-            // when it reaps.
-            let _ = sys::call3(
-                libc::SYS_write,
-                fd as usize,
-                msg.as_ptr() as usize,
-                msg.len(),
-            );
-        }
-    }
+/// Only a store into the parent-prepared word and `exit`. `report` must be
+/// valid for writes.
+unsafe fn fail(report: *mut u64, stage: Stage, errno: c_int) -> ! {
+    // A volatile store: the compiler must not drop it as dead before the
+    // exit; the parent reads it only after the kernel has told it the child
+    // is gone (the vfork completion, or the child's exit status), which
+    // orders the two.
+    std::ptr::write_volatile(report, encode(stage, errno));
     exit(127)
 }
 
 /// `_exit` as one system call (this process only: the child is no thread).
 unsafe fn exit(status: c_int) -> ! {
-    let _ = sys::call1(libc::SYS_exit, status as usize);
-    // exit does not return; should it, fault rather than run on.
-    std::process::abort()
+    // exit does not return; should it, try again rather than run on (no
+    // abort: a core-dumping signal must not reach a process sharing
+    // doorman's memory).
+    loop {
+        let _ = sys::call1(libc::SYS_exit, status as usize);
+    }
 }
 
 /// The value of an `Ok`, or the failure reported.
 #[inline(always)]
-unsafe fn check(r: Result<usize, i32>, report: Report, stage: Stage) -> usize {
+unsafe fn check(r: Result<usize, i32>, report: *mut u64, stage: Stage) -> usize {
     match r {
         Ok(v) => v,
         Err(e) => fail(report, stage, e),
@@ -378,100 +383,93 @@ unsafe fn dup_to(src: RawFd, dst: RawFd) -> Result<usize, i32> {
 }
 
 /// Writes `pid` in decimal into `slot` (of `width` bytes) followed by a NUL.
-/// No allocation: digits are produced right to left on the stack.
+/// No allocation: digits are produced right to left on the stack, and no
+/// step can panic.
 ///
 /// # Safety
 /// `slot` must point to at least `width + 1` writable bytes.
 pub unsafe fn write_pid(slot: *mut u8, width: usize, pid: pid_t) {
     let mut buf = [0u8; 20];
     let mut n = pid.unsigned_abs();
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
+    let mut len = 0;
+    for b in buf.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 || i == 0 {
+        len += 1;
+        if n == 0 {
             break;
         }
     }
-    let digits = &buf[i..];
-    let len = digits.len().min(width);
-    for (k, d) in digits[..len].iter().enumerate() {
+    let mut k = 0;
+    for d in buf.iter().skip(buf.len() - len).take(width) {
         *slot.add(k) = *d;
+        k += 1;
     }
-    *slot.add(len) = 0;
+    *slot.add(k) = 0;
 }
+
+/// The `capset` header, version 3 (two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+/// One 32-bit half of the three capability sets.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`.
+pub const CAP_VERSION_3: u32 = 0x2008_0522;
 
 /// Turns the child into the handler. Never returns.
 ///
 /// # Safety
 /// Must be called only in a child just created by `clone(CLONE_VM |
 /// CLONE_CHILD_CLEARTID)` or `clone(CLONE_VM | CLONE_VFORK)` (on a stack
-/// of its own) or `fork()`, from a
+/// of its own, with every signal blocked) or `fork()`, from a
 /// single-threaded parent that has no signal handler installed (see
-/// `crate::signals`), with a `plan` whose
-/// pointers all point into memory the parent prepared (valid,
-/// NUL-terminated where C expects it) and keeps unchanged until the child
-/// has exec'd or exited.
+/// `crate::signals`), with a `plan` whose pointers all point into memory
+/// the parent prepared (valid, NUL-terminated where C expects it) and
+/// keeps unchanged until the child has exec'd or exited.
 pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
-    // Dispositions first, while doorman's trapped signals are still
-    // blocked: those it ignores (SIGPIPE, and anything ignored when doorman
-    // started; execve would keep them ignored).
+    let report = plan.report;
+    // Dispositions first: those doorman ignores (SIGPIPE, and anything
+    // ignored when doorman started; execve would keep them ignored).
     let dfl = KernelSigaction { words: [0; 8] };
-    let sigset_size = 8usize; // the kernel's sigset_t: 64 signals
-    for &sig in &plan.reset_signals[..plan.nsignals] {
+    for &sig in plan.reset_signals.iter().take(plan.nsignals) {
         check(
             sys::call4(
                 libc::SYS_rt_sigaction,
                 sig as usize,
                 &dfl as *const KernelSigaction as usize,
                 0,
-                sigset_size,
+                SIGSET_SIZE,
             ),
-            plan.report,
+            report,
             Stage::Signals,
         );
     }
-    // Then the handler's mask: empty.
-    let empty: u64 = 0;
-    check(
-        sys::call4(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK as usize,
-            &empty as *const u64 as usize,
-            0,
-            sigset_size,
-        ),
-        plan.report,
-        Stage::Signals,
-    );
 
     // A process group of its own, so that the handler is not in doorman's
     // and can be signalled as a group; a session too when doorman has a
     // controlling terminal, which the handler must not share.
     if plan.new_session {
-        check(sys::call0(libc::SYS_setsid), plan.report, Stage::Setsid);
+        check(sys::call0(libc::SYS_setsid), report, Stage::Setsid);
     } else {
-        check(
-            sys::call2(libc::SYS_setpgid, 0, 0),
-            plan.report,
-            Stage::Setpgid,
-        );
+        check(sys::call2(libc::SYS_setpgid, 0, 0), report, Stage::Setpgid);
     }
 
-    let n = plan.nlisten as c_int;
-    let top = 3 + n;
+    let n = plan.nlisten.min(MAX_LISTEN);
+    let top = 3 + n as c_int;
     let fcntl = |fd: RawFd, cmd: c_int, arg: c_int| {
         sys::call3(libc::SYS_fcntl, fd as usize, cmd as usize, arg as usize)
     };
-    // An error pipe must survive the placements below.
-    let mut report = plan.report;
-    if let Report::Pipe(fd) = report {
-        if fd < top {
-            let moved = check(fcntl(fd, libc::F_DUPFD_CLOEXEC, top), report, Stage::Dup2);
-            report = Report::Pipe(moved as RawFd);
-        }
-    }
 
     for (dst, &src) in plan.std.iter().enumerate() {
         let dst = dst as c_int;
@@ -481,13 +479,15 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     }
 
     let mut src = [0 as RawFd; MAX_LISTEN];
-    src[..plan.nlisten].copy_from_slice(&plan.listen[..plan.nlisten]);
-    for (i, s) in src[..plan.nlisten].iter_mut().enumerate() {
+    for (d, s) in src.iter_mut().zip(plan.listen.iter()).take(n) {
+        *d = *s;
+    }
+    for (i, s) in src.iter_mut().enumerate().take(n) {
         if *s >= 3 && *s < top && *s != 3 + i as c_int {
             *s = check(fcntl(*s, libc::F_DUPFD_CLOEXEC, top), report, Stage::Dup2) as RawFd;
         }
     }
-    for (i, &s) in src[..plan.nlisten].iter().enumerate() {
+    for (i, &s) in src.iter().enumerate().take(n) {
         let dst = 3 + i as c_int;
         if s == dst {
             check(fcntl(dst, libc::F_SETFD, 0), report, Stage::Cloexec);
@@ -498,7 +498,7 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
 
     // Limits and priority before dropping privileges (raising either may
     // need root); the umask any time.
-    for &(res, soft, hard) in &plan.rlimits[..plan.nrlimits] {
+    for &(res, soft, hard) in plan.rlimits.iter().take(plan.nrlimits) {
         let rl = libc::rlimit {
             rlim_cur: soft,
             rlim_max: hard,
@@ -552,6 +552,38 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
             report,
             Stage::Setuid,
         );
+        if c.uid != 0 {
+            // A handler that is not root keeps no capability: the kernel
+            // clears them on root's setuid, but not for a doorman that runs
+            // as a user with CAP_SETUID/CAP_SETGID (nor under inherited
+            // securebits), and ambient ones would survive the execve.
+            // Kernels before 4.3 have no ambient set: nothing to clear.
+            let _ = sys::call4(
+                libc::SYS_prctl,
+                libc::PR_CAP_AMBIENT as usize,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as usize,
+                0,
+                0,
+            );
+            let hdr = CapHeader {
+                version: CAP_VERSION_3,
+                pid: 0,
+            };
+            let none = [CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            }; 2];
+            check(
+                sys::call2(
+                    libc::SYS_capset,
+                    &hdr as *const CapHeader as usize,
+                    none.as_ptr() as usize,
+                ),
+                report,
+                Stage::Caps,
+            );
+        }
         // Verify: all ids are the target ones, and a dropped root cannot
         // come back.
         let id = |n: c_long| sys::call0(n).unwrap_or(usize::MAX);
@@ -578,6 +610,21 @@ pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
         write_pid(slot, width, pid);
     }
 
+    // The handler's mask: empty, as the last step before execve (which
+    // keeps it), so that no signal reaches this process while it still
+    // shares doorman's memory.
+    let empty: u64 = 0;
+    check(
+        sys::call4(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as usize,
+            &empty as *const u64 as usize,
+            0,
+            SIGSET_SIZE,
+        ),
+        report,
+        Stage::Signals,
+    );
     let e = match sys::call3(
         libc::SYS_execve,
         plan.path as usize,

@@ -16,17 +16,20 @@ use std::rc::Rc;
 
 use libc::{c_char, c_int, gid_t};
 
-use super::child::{ChildPlan, RawCreds, Report, MAX_LISTEN, MAX_RLIMITS, MAX_SIGNALS};
+use super::child::{ChildPlan, RawCreds, MAX_LISTEN, MAX_RLIMITS, MAX_SIGNALS};
 use crate::config::unit::INSTANCE_MARK;
-use crate::config::{cstring, Creds, ExecSpec, Handler, Handover, Service, StdFd};
+use crate::config::{cstring, Creds, Handler, Handover, Service, StdFd};
 
-/// Variables doorman sets itself; an inherited value is dropped so that a
-/// handler never sees two, or a stale `LISTEN_FDS` meant for doorman.
+/// Variables doorman sets itself, or that are meant for doorman alone (a
+/// supervisor's watchdog); an inherited value is dropped so that a handler
+/// never sees two, or a stale `LISTEN_FDS` meant for doorman.
 const RESERVED: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
     "REMOTE_ADDR",
     "REMOTE_PORT",
     "REMOTE_HOST",
@@ -47,16 +50,71 @@ const RESERVED: &[&str] = &[
 /// Width of the `LISTEN_PID` digit slot: enough for any 64-bit pid.
 const PID_WIDTH: usize = 20;
 
-/// The environment settings of a service that decide its environment.
-type EnvKey = (bool, Vec<String>, Vec<(String, String)>);
+/// The `PATH` systemd gives the units of the system manager
+/// (systemd.exec(5)); `/sbin:/bin` as on systems whose `/bin` is not
+/// merged into `/usr`, harmless where it is.
+pub const MANAGER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// doorman's own environment less the reserved names, captured at start,
-/// and the environments made of it so far: services with the same
-/// settings share one (a thousand services, one copy).
+/// The locale variables systemd reads from the system's locale settings
+/// and gives every unit.
+const LOCALE_VARS: &[&str] = &[
+    "LANG",
+    "LANGUAGE",
+    "LC_CTYPE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_COLLATE",
+    "LC_MONETARY",
+    "LC_MESSAGES",
+    "LC_PAPER",
+    "LC_NAME",
+    "LC_ADDRESS",
+    "LC_TELEPHONE",
+    "LC_MEASUREMENT",
+    "LC_IDENTIFICATION",
+];
+
+/// The settings of a service that decide its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EnvKey {
+    inherit: bool,
+    manager: bool,
+    pass: Vec<String>,
+    set: Vec<(String, String)>,
+    unset: Vec<String>,
+    /// USER/LOGNAME, HOME, SHELL, when they are set.
+    user: Option<(String, String, String)>,
+}
+
+/// doorman's own environment less the reserved names, and the one a
+/// service manager would give a unit, captured at start; and the
+/// environments made of them so far: services with the same settings
+/// share one (a thousand services, one copy).
 #[derive(Debug, Default)]
 pub struct BaseEnv {
     vars: Vec<(Vec<u8>, Vec<u8>)>,
+    manager: Vec<(Vec<u8>, Vec<u8>)>,
     made: std::cell::RefCell<Vec<(EnvKey, Rc<Vec<CString>>)>>,
+}
+
+/// The system locale as systemd reads it: `/etc/locale.conf`, else
+/// Debian's `/etc/default/locale`; `LANG=C.UTF-8` when neither sets it.
+fn system_locale() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let text = ["/etc/locale.conf", "/etc/default/locale"]
+        .iter()
+        .find_map(|p| crate::config::read_text_bounded(std::path::Path::new(p)).ok())
+        .unwrap_or_default();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (k, v) in crate::config::resolve::parse_env_file(&text) {
+        if LOCALE_VARS.contains(&k.as_str()) && !v.is_empty() {
+            out.retain(|(ok, _)| ok != k.as_bytes());
+            out.push((k.into_bytes(), v.into_bytes()));
+        }
+    }
+    if !out.iter().any(|(k, _)| k == b"LANG") {
+        out.insert(0, (b"LANG".to_vec(), b"C.UTF-8".to_vec()));
+    }
+    out
 }
 
 impl BaseEnv {
@@ -68,35 +126,53 @@ impl BaseEnv {
             }
             vars.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
         }
+        let mut manager = vec![(b"PATH".to_vec(), MANAGER_PATH.as_bytes().to_vec())];
+        manager.extend(system_locale());
         BaseEnv {
             vars,
+            manager,
             made: Default::default(),
         }
     }
 
     /// A service's environment, shared with every service of the same
     /// settings.
-    fn shared(&self, spec: &ExecSpec) -> Rc<Vec<CString>> {
-        let key = (
-            spec.inherit_env,
-            spec.pass_env.clone(),
-            spec.set_env.clone(),
-        );
+    fn shared(&self, svc: &Service) -> Rc<Vec<CString>> {
+        let spec = &svc.exec;
+        // The user's variables: in a unit whenever it names a user (as
+        // systemd does), elsewhere when the handler runs as another user
+        // than doorman (its HOME and SHELL are not doorman's).
+        let euid = nix::unistd::geteuid().as_raw();
+        let user = svc
+            .creds
+            .as_ref()
+            .filter(|c| spec.manager_env || c.uid != euid)
+            .map(|c| (c.user.clone(), c.home.clone(), c.shell.clone()));
+        let key = EnvKey {
+            inherit: spec.inherit_env,
+            manager: spec.manager_env,
+            pass: spec.pass_env.clone(),
+            set: spec.set_env.clone(),
+            unset: spec.unset_env.clone(),
+            user,
+        };
         let mut made = self.made.borrow_mut();
         // Forget environments no image uses any more (after reloads).
         made.retain(|(_, e)| Rc::strong_count(e) > 1);
         if let Some((_, e)) = made.iter().find(|(k, _)| *k == key) {
             return e.clone();
         }
-        let e = Rc::new(self.for_service(spec));
+        let e = Rc::new(self.for_service(&key));
         made.push((key, e.clone()));
         e
     }
 
-    /// A service's environment: doorman's (all of it, or the names it
-    /// passes), then what the service sets; a later setting replaces an
-    /// earlier one of the same name; reserved names never pass.
-    fn for_service(&self, spec: &ExecSpec) -> Vec<CString> {
+    /// A service's environment, in systemd's order: the base (a service
+    /// manager's, or doorman's own: all of it, or the names it passes),
+    /// the user's variables, the names passed from doorman's environment,
+    /// then what the service sets; a later setting replaces an earlier one
+    /// of the same name; `unset` removes last; reserved names never pass.
+    fn for_service(&self, key: &EnvKey) -> Vec<CString> {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut put = |k: &[u8], v: &[u8]| {
             if RESERVED.iter().any(|r| r.as_bytes() == k) {
@@ -107,13 +183,43 @@ impl BaseEnv {
                 None => out.push((k.to_vec(), v.to_vec())),
             }
         };
-        for (k, v) in &self.vars {
-            if spec.inherit_env || spec.pass_env.iter().any(|p| p.as_bytes() == k.as_slice()) {
+        let passed = |k: &[u8]| key.pass.iter().any(|p| p.as_bytes() == k);
+        if key.manager {
+            for (k, v) in &self.manager {
                 put(k, v);
             }
+        } else {
+            for (k, v) in &self.vars {
+                if key.inherit || passed(k) {
+                    put(k, v);
+                }
+            }
         }
-        for (k, v) in &spec.set_env {
+        if let Some((name, home, shell)) = &key.user {
+            put(b"USER", name.as_bytes());
+            put(b"LOGNAME", name.as_bytes());
+            if !home.is_empty() {
+                put(b"HOME", home.as_bytes());
+            }
+            if !shell.is_empty() {
+                put(b"SHELL", shell.as_bytes());
+            }
+        }
+        if key.manager {
+            for (k, v) in &self.vars {
+                if passed(k) {
+                    put(k, v);
+                }
+            }
+        }
+        for (k, v) in &key.set {
             put(k.as_bytes(), v.as_bytes());
+        }
+        for u in &key.unset {
+            match u.split_once('=') {
+                Some((k, v)) => out.retain(|(ok, ov)| !(ok == k.as_bytes() && ov == v.as_bytes())),
+                None => out.retain(|(ok, _)| ok != u.as_bytes()),
+            }
         }
         out.into_iter()
             .filter_map(|(mut k, v)| {
@@ -138,6 +244,9 @@ pub struct Image {
     env: Rc<Vec<CString>>,
     creds: Option<Creds>,
     set_groups: bool,
+    /// The handler runs as another user than doorman: from its switch on,
+    /// that user can signal (and stop) it.
+    switches_user: bool,
     handover: Handover,
     fd_name: String,
     reset_signals: Vec<c_int>,
@@ -162,14 +271,16 @@ impl Image {
         let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|c| c.as_ptr()).collect();
         argv_ptrs.push(ptr::null());
-        // Only root may call setgroups; an unprivileged doorman keeps its
-        // ids and the switch is a no-op or fails visibly in setuid.
-        let set_groups = nix::unistd::geteuid().is_root();
-        let creds = svc.creds.clone().filter(|c| {
-            set_groups
-                || c.uid != nix::unistd::geteuid().as_raw()
-                || c.gid != nix::unistd::getegid().as_raw()
-        });
+        // Root, or a doorman with CAP_SETGID, sets the supplementary
+        // groups; any other doorman keeps its own, and a switch to other
+        // ids fails visibly in setgid or setuid.
+        let set_groups = can_set_groups();
+        let euid = nix::unistd::geteuid().as_raw();
+        let creds = svc
+            .creds
+            .clone()
+            .filter(|c| set_groups || c.uid != euid || c.gid != nix::unistd::getegid().as_raw());
+        let switches_user = creds.as_ref().is_some_and(|c| c.uid != euid);
         let mut reset_signals = reset_signals.to_vec();
         reset_signals.truncate(MAX_SIGNALS);
         let mut rlimits: Vec<(c_int, u64, u64)> = svc
@@ -191,9 +302,10 @@ impl Image {
             argv_ptrs,
             argv_template: template,
             instances: std::cell::Cell::new(0),
-            env: base.shared(&svc.exec),
+            env: base.shared(svc),
             creds,
             set_groups,
+            switches_user,
             handover: svc.handover,
             fd_name: svc.fd_name.clone(),
             reset_signals,
@@ -208,6 +320,40 @@ impl Image {
             scratch: Default::default(),
         }
     }
+}
+
+impl Image {
+    /// Whether the handler runs as another user than doorman (see
+    /// [`super::spawn`]: such a child is never waited for).
+    pub fn switches_user(&self) -> bool {
+        self.switches_user
+    }
+}
+
+/// Whether doorman may call `setgroups`: it is root, or holds
+/// `CAP_SETGID` in its effective set (asked once with `capget`).
+fn can_set_groups() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: c_int,
+        }
+        let hdr = Header {
+            version: super::child::CAP_VERSION_3,
+            pid: 0,
+        };
+        const CAP_SETGID: u32 = 6;
+        let mut data = [[0u32; 3]; 2];
+        // SAFETY: capget with a version-3 header and room for its two
+        // (effective, permitted, inheritable) triples.
+        let r = unsafe { libc::syscall(libc::SYS_capget, &hdr, data.as_mut_ptr()) };
+        r == 0 && data[0][0] & (1 << CAP_SETGID) != 0
+    })
 }
 
 /// Who is on the other end of the socket being handed over.
@@ -356,6 +502,16 @@ pub struct Own {
     envp: Vec<*const c_char>,
     argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
+    /// The image the plan points into, kept alive while the child may
+    /// read it (a reload may drop its service meanwhile).
+    image: Option<Rc<Image>>,
+}
+
+impl Own {
+    /// The child is done with this slot: let go of its image.
+    pub fn release(&mut self) {
+        self.image = None;
+    }
 }
 
 /// One spawn: the envp of this connection and the fd plan, in the image's
@@ -363,7 +519,7 @@ pub struct Own {
 /// the child only reads it (and writes the pid into the `LISTEN_PID`
 /// slot: its own copy after fork, doorman's after clone, unused after).
 pub struct Launch<'a> {
-    image: &'a Image,
+    image: &'a Rc<Image>,
     /// A template's argv with this connection's instance name (a unit
     /// template only: this one allocates).
     _argv: Vec<CString>,
@@ -380,7 +536,7 @@ impl<'a> Launch<'a> {
     /// connection, or the `wait` listener that woke), `listen` what goes to
     /// fds 3... with `LISTEN_FDS`. `devnull` is an open /dev/null.
     pub fn new(
-        image: &'a Image,
+        image: &'a Rc<Image>,
         socket: RawFd,
         listen: &[RawFd],
         peer: &Peer,
@@ -475,9 +631,10 @@ impl<'a> Launch<'a> {
     /// scratch buffers are free for the next connection at once. (A unit
     /// template's argv is moved there too.) The image itself must stay
     /// alive and unchanged until then.
-    pub fn plan_detached(&mut self, report: Report, own: &mut Own) -> ChildPlan {
+    pub fn plan_detached(&mut self, report: *mut u64, own: &mut Own) -> ChildPlan {
         let mut plan = self.plan(report);
         let img = self.image;
+        own.image = Some(Rc::clone(img));
         let scratch = img.scratch.borrow();
         own.bytes.clear();
         own.bytes.extend_from_slice(&scratch.bytes);
@@ -510,7 +667,11 @@ impl<'a> Launch<'a> {
     /// valid while `self` lives and no other `Launch` of the same image is
     /// made (only `new` writes the scratch buffers; doorman is
     /// single-threaded and spawns one launch at a time).
-    pub fn plan(&mut self, report: Report) -> ChildPlan {
+    pub fn image(&self) -> &Image {
+        self.image
+    }
+
+    pub fn plan(&mut self, report: *mut u64) -> ChildPlan {
         let img = self.image;
         let mut scratch = img.scratch.borrow_mut();
         let mut reset_signals = [0; MAX_SIGNALS];
@@ -553,6 +714,7 @@ impl<'a> Launch<'a> {
             creds,
             report,
         }
+        .checked()
     }
 }
 
@@ -603,11 +765,11 @@ mod tests {
         COUNT.with(|c| c.replace(None)).unwrap()
     }
 
-    fn image(line: &str) -> Image {
+    fn image(line: &str) -> Rc<Image> {
         let parsed = inetd::parse(Path::new("test.conf"), line);
         assert!(parsed.errors.is_empty());
         let (svc, _) = Resolver::new().resolve(&parsed.services[0]).unwrap();
-        Image::new(&svc, &BaseEnv::capture(), &[libc::SIGPIPE])
+        Rc::new(Image::new(&svc, &BaseEnv::capture(), &[libc::SIGPIPE]))
     }
 
     /// The envp of a plan, as strings.
@@ -647,13 +809,13 @@ mod tests {
         // Warm up with the longest values, then count.
         for p in &peers {
             let mut l = Launch::new(&img, 5, &[5], p, 6);
-            let _ = l.plan(Report::Slot(&mut slot));
+            let _ = l.plan(&mut slot);
         }
         let mut seen = Vec::with_capacity(2);
         let n = allocations(|| {
             for i in 0..100 {
                 let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6);
-                let plan = l.plan(Report::Slot(&mut slot));
+                let plan = l.plan(&mut slot);
                 if i < 2 {
                     seen.push((plan.nlisten, plan.std, plan.envp));
                 }
@@ -664,18 +826,18 @@ mod tests {
         let mut own = Own::default();
         for p in &peers {
             let mut l = Launch::new(&img, 5, &[5], p, 6);
-            let _ = l.plan_detached(Report::Slot(&mut slot), &mut own);
+            let _ = l.plan_detached(&mut slot, &mut own);
         }
         let n = allocations(|| {
             for i in 0..100 {
                 let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6);
-                let _ = l.plan_detached(Report::Slot(&mut slot), &mut own);
+                let _ = l.plan_detached(&mut slot, &mut own);
             }
         });
         assert_eq!(n, 0, "allocations per 100 detached connections");
         // Its envp points into its own copy, with the connection's values.
         let mut l = Launch::new(&img, 5, &[5], &peers[1], 6);
-        let plan = l.plan_detached(Report::Slot(&mut slot), &mut own);
+        let plan = l.plan_detached(&mut slot, &mut own);
         let env = envp(&plan);
         assert!(env.iter().any(|e| e == "REMOTE_PORT=65535"), "{env:?}");
         let (digits, _) = plan.listen_pid_slot.unwrap();
@@ -686,7 +848,7 @@ mod tests {
 
         // And the environment is right for each connection.
         let mut l = Launch::new(&img, 5, &[5], &peers[1], 6);
-        let plan = l.plan(Report::Slot(&mut slot));
+        let plan = l.plan(&mut slot);
         let env = envp(&plan);
         for want in [
             "REMOTE_ADDR=2001:db8::1234:5678:9abc:def0",
@@ -703,7 +865,7 @@ mod tests {
         unsafe { crate::spawn::child::write_pid(digits, width, 4242) };
         assert!(envp(&plan).iter().any(|e| e == "LISTEN_PID=4242"));
         let mut l = Launch::new(&img, 5, &[5], &peers[0], 6);
-        let env = envp(&l.plan(Report::Slot(&mut slot)));
+        let env = envp(&l.plan(&mut slot));
         assert!(env.iter().any(|e| e == "REMOTE_ADDR=127.0.0.1"), "{env:?}");
         assert_eq!(
             env.iter().filter(|e| e.starts_with("REMOTE_ADDR=")).count(),

@@ -1,13 +1,14 @@
-//! The parent side of a spawn: plan → clone (or fork) → pid, and, with
-//! the detached clone, what became of the child once it is reaped.
+//! The parent side of a spawn: plan → clone (or fork) → pid, and, once
+//! the child is reaped, what became of it.
 //!
 //! Owns: the detached clone (`clone(CLONE_VM | CLONE_CHILD_CLEARTID)`,
 //! one slot per child on its way to exec: stack, plan, connection bytes,
-//! report word), the `clone(CLONE_VM | CLONE_VFORK)` call on a stack
-//! mapped once, and the `fork()` fallback with its close-on-exec error
-//! pipe; learning whether `execve` happened, and if not, which step failed
-//! and why.
-//! Must not: decide whether to spawn (policy does), or log (the loop does).
+//! report word, a reference to its image), the `clone(CLONE_VM |
+//! CLONE_VFORK)` call on a stack mapped once, and `fork()` with its report
+//! word in a page shared with the child; learning whether `execve`
+//! happened, and if not, which step failed and why.
+//! Must not: decide whether to spawn (policy does), log (the loop does),
+//! or wait for a child that someone else can stop (see [`spawn`]).
 //!
 //! Why clone: `fork()` copies doorman's page tables and then faults pages
 //! back in copy-on-write, per connection; `CLONE_VM` shares doorman's
@@ -22,24 +23,22 @@ pub mod child;
 pub mod image;
 
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 pub use child::Stage;
-use child::{ChildPlan, Report};
+use child::{ChildPlan, SIGSET_SIZE};
 use image::{Launch, Own};
 
 /// Why a handler did not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpawnError {
-    /// `None`: doorman could not even fork (or make the pipe).
+    /// `None`: doorman could not even clone or fork.
     pub stage: Option<Stage>,
     pub errno: Errno,
 }
@@ -56,21 +55,21 @@ impl std::fmt::Display for SpawnError {
 /// How handlers are started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// vfork for a connection that arrives while no handler runs, the
-    /// detached clone otherwise (falling back to fork when [`MAX_SLOTS`]
-    /// children are still on their way to exec): the default. See
-    /// [`spawn`].
+    /// vfork for a connection that arrives while no handler runs and whose
+    /// handler keeps doorman's credentials, the detached clone otherwise
+    /// (falling back to fork when [`MAX_SLOTS`] children are still on
+    /// their way to exec): the default. See [`spawn`].
     Auto,
-    /// The detached clone, always (waiting for a slot when all are in
-    /// use): `DOORMAN_SPAWN=clone` (tests use it to pin the fast path).
+    /// The detached clone, always (fork when every slot is held):
+    /// `DOORMAN_SPAWN=clone` (tests use it to pin the fast path).
     Clone,
     /// `clone(CLONE_VM | CLONE_VFORK)` on the child stack, falling back to
-    /// fork for a while on a saturated machine (see [`spawn_vfork`]):
+    /// fork for a while on a saturated machine (see [`spawn_vfork`]), and
+    /// never for a handler that changes credentials:
     /// `DOORMAN_SPAWN=vfork`, for comparison.
     Vfork,
-    /// `fork()` and an error pipe: `DOORMAN_SPAWN=fork`, for comparison
-    /// (the benchmark runs both) and as a fallback should the child
-    /// stack not be mapped.
+    /// `fork()`: `DOORMAN_SPAWN=fork`, for comparison (the benchmark runs
+    /// it) and as the fallback of the others.
     Fork,
 }
 
@@ -82,7 +81,7 @@ const CHILD_STACK: usize = 64 * 1024;
 const GUARD: usize = 4096;
 
 /// The method in use, chosen once from `DOORMAN_SPAWN` (read at the first
-/// spawn: `fork`, `clone`, anything else or nothing: auto).
+/// spawn: `fork`, `clone`, `vfork`, anything else or nothing: auto).
 pub fn method() -> Method {
     static METHOD: OnceLock<Method> = OnceLock::new();
     *METHOD.get_or_init(|| match std::env::var_os("DOORMAN_SPAWN") {
@@ -121,8 +120,8 @@ pub fn new_session() -> bool {
     })
 }
 
-/// The top of the child stack (16-byte aligned), mapped at the first
-/// spawn; `None` if it could not be mapped (then doorman forks).
+/// The top of the vfork child stack (16-byte aligned), mapped at the
+/// first spawn; `None` if it could not be mapped (then doorman forks).
 fn child_stack_top() -> Option<usize> {
     static TOP: OnceLock<Option<usize>> = OnceLock::new();
     *TOP.get_or_init(map_stack)
@@ -155,6 +154,47 @@ fn map_stack() -> Option<usize> {
     Some((base as usize + len) & !15)
 }
 
+/// Every signal blocked in doorman while it makes a `CLONE_VM` child, so
+/// that the child is born with all of them blocked (it empties its mask
+/// right before `execve`): before Linux 5.16 a core-dumping signal that
+/// reached a process sharing doorman's memory killed doorman too. Dropping
+/// it restores doorman's mask (its trapped signals stay blocked).
+struct AllBlocked(u64);
+
+impl AllBlocked {
+    fn new() -> AllBlocked {
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: rt_sigprocmask on this thread with two 8-byte sets we
+        // own (the kernel ignores SIGKILL and SIGSTOP in it).
+        let _ = unsafe {
+            child::sys::call4(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                &all as *const u64 as usize,
+                &mut old as *mut u64 as usize,
+                SIGSET_SIZE,
+            )
+        };
+        AllBlocked(old)
+    }
+}
+
+impl Drop for AllBlocked {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`, putting back the mask saved there.
+        let _ = unsafe {
+            child::sys::call4(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                &self.0 as *const u64 as usize,
+                0,
+                SIGSET_SIZE,
+            )
+        };
+    }
+}
+
 /// A clone that kept doorman suspended longer than this means the child
 /// had to wait for a CPU before it could exec. (A clone spawn suspends
 /// doorman for 50-200 µs on an idle machine here.)
@@ -178,11 +218,20 @@ static NEXT_RUN: AtomicU32 = AtomicU32::new(FORK_RUN);
 
 /// Starts the launch's handler. `alone`: no other handler is running.
 ///
-/// With the detached clone this returns as soon as the child exists; a
-/// child that then fails to exec reports it in its slot and exits 127,
-/// and the loop learns why from [`failure`] when it reaps it. With fork
-/// and vfork it returns once the child has exec'd or failed (then it is
-/// reaped here, before returning).
+/// `Ok(pid)`: the child exists. Whether it then exec'd is learnt when it
+/// is reaped ([`reaped`]): a child that fails before `execve` stores the
+/// step and errno in its report word and exits 127. `Err`: no handler to
+/// track (the clone or fork itself failed, or a vfork child failed, whose
+/// exit is reaped later as that of an unknown child).
+///
+/// doorman never waits here for a child that someone else could stop: a
+/// handler that changes credentials can be signalled by its user from the
+/// moment it has switched, and a `SIGSTOP` before its `execve` would
+/// leave a vfork parent suspended for good. Such handlers are started
+/// with the detached clone (or fork); vfork is used only for a handler
+/// that keeps doorman's own credentials, which only doorman's user (who
+/// can stop doorman anyway) can signal. No path reads a pipe or waits for
+/// a slot: when every slot is held, fork does not wait for any of them.
 ///
 /// The default uses vfork when `alone` and the detached clone otherwise.
 /// Measured side by side (3 interleaved rounds of 3,000 connections): a
@@ -193,20 +242,19 @@ static NEXT_RUN: AtomicU32 = AtomicU32::new(FORK_RUN);
 /// 4,987 against 4,007), as doorman accepts the next one while the child
 /// execs.
 pub fn spawn(launch: &mut Launch<'_>, alone: bool) -> Result<Pid, SpawnError> {
+    let stoppable = launch.image().switches_user();
+    let detached_or_fork = |launch: &mut Launch<'_>| match spawn_detached(launch) {
+        Some(r) => r,
+        // Every slot's child is still on its way to exec (a saturated
+        // machine, or children stopped before their exec): fork waits for
+        // none of them.
+        None => spawn_fork(launch),
+    };
     match method() {
         Method::Fork => spawn_fork(launch),
-        Method::Vfork => spawn_vfork(launch),
-        Method::Auto if alone => spawn_vfork(launch),
-        Method::Auto => match spawn_detached(launch, false) {
-            Some(r) => r,
-            // Every slot's child is still on its way to exec: the machine
-            // is saturated; fork does not wait for any of them.
-            None => spawn_fork(launch),
-        },
-        Method::Clone => match spawn_detached(launch, true) {
-            Some(r) => r,
-            None => spawn_fork(launch),
-        },
+        Method::Vfork if !stoppable => spawn_vfork(launch),
+        Method::Auto if alone && !stoppable => spawn_vfork(launch),
+        Method::Vfork | Method::Auto | Method::Clone => detached_or_fork(launch),
     }
 }
 
@@ -223,12 +271,16 @@ struct Slot {
     /// doorman's memory.
     busy: AtomicU32,
     /// The child's failure (see [`child::encode`]); 0: none. A failure
-    /// keeps the slot until [`failure`] has collected it.
+    /// keeps the slot until [`reaped`] has collected it.
     report: AtomicU64,
+    /// The child this slot was last used for (0: collected).
     pid: i32,
     /// The top of this slot's stack.
     stack: usize,
     plan: Option<ChildPlan>,
+    /// The connection's bytes and, while the child may read it, the
+    /// image its plan points into (a reload may drop its service
+    /// meanwhile: the slot keeps it alive).
     own: Own,
 }
 
@@ -249,9 +301,13 @@ thread_local! {
 /// The detached clone: `clone(CLONE_VM | CLONE_CHILD_CLEARTID)`. The
 /// child runs in doorman's memory on a stack of its own while doorman goes
 /// on at once (no CLONE_VFORK: doorman is never suspended, not even on a
-/// machine too busy to run the child right away). `None`: no slot is free
-/// and `wait` is false (or no stack could be mapped).
-fn spawn_detached(launch: &mut Launch<'_>, wait: bool) -> Option<Result<Pid, SpawnError>> {
+/// machine too busy to run the child right away, nor by a child stopped
+/// before its exec). `None`: no slot is free (or no stack could be
+/// mapped, or this architecture has no raw system calls).
+fn spawn_detached(launch: &mut Launch<'_>) -> Option<Result<Pid, SpawnError>> {
+    if !child::sys::RAW {
+        return None;
+    }
     SLOTS.with(|cell| {
         let mut slots = cell.borrow_mut();
         let i = match slots.iter().position(|s| s.free()) {
@@ -267,25 +323,26 @@ fn spawn_detached(launch: &mut Launch<'_>, wait: bool) -> Option<Result<Pid, Spa
                 }));
                 slots.len() - 1
             }
-            None if wait => wait_for_slot(&slots)?,
             None => return None,
         };
         let slot = &mut *slots[i];
-        let plan = launch.plan_detached(Report::Slot(slot.report.as_ptr()), &mut slot.own);
+        let plan = launch.plan_detached(slot.report.as_ptr(), &mut slot.own);
         let plan: *const ChildPlan = slot.plan.insert(plan);
         slot.busy.store(1, Ordering::Release);
+        let blocked = AllBlocked::new();
         // SAFETY: doorman is single-threaded, so no other thread holds a
         // lock or can touch the memory the child shares (CLONE_VM). The
         // child runs only `child_entry` → `exec_child`, which makes raw
         // system calls (no errno, no libc state: `child::sys`) on memory
-        // this slot owns (`plan`, `own`) or the image owns, and writes only
-        // its own stack (this slot's, used by no other child until `busy`
-        // is 0), the `LISTEN_PID` digits in `own`, and `report`. None of
-        // it is touched by doorman until the kernel has cleared `busy`
-        // (the child exec'd or exited), and the images are kept until then
-        // ([`quiesce`] before a reload drops them). No signal handler can
-        // run in the child (see `spawn_vfork`). SIGCHLD as the exit signal
-        // makes it an ordinary child for `waitpid`.
+        // this slot owns (`plan`, `own`) or the image owns (kept alive by
+        // `own` until the slot is reused or collected), and writes only its
+        // own stack (this slot's, used by no other child until `busy` is
+        // 0), the `LISTEN_PID` digits in `own`, and `report`. None of it is
+        // touched by doorman until the kernel has cleared `busy` (the child
+        // exec'd or exited). No signal handler can run in the child (see
+        // `spawn_clone`), and every signal is blocked in it from birth.
+        // SIGCHLD as the exit signal makes it an ordinary child for
+        // `waitpid`.
         let pid = unsafe {
             libc::clone(
                 child_entry,
@@ -297,9 +354,11 @@ fn spawn_detached(launch: &mut Launch<'_>, wait: bool) -> Option<Result<Pid, Spa
                 slot.busy.as_ptr(),
             )
         };
+        let errno = Errno::last();
+        drop(blocked);
         if pid < 0 {
-            let errno = Errno::last();
             slot.busy.store(0, Ordering::Release);
+            slot.own.release();
             return Some(Err(SpawnError { stage: None, errno }));
         }
         slot.pid = pid;
@@ -307,72 +366,104 @@ fn spawn_detached(launch: &mut Launch<'_>, wait: bool) -> Option<Result<Pid, Spa
     })
 }
 
-/// Waits (on the futex the kernel wakes) until some slot is free.
-fn wait_for_slot(slots: &[Box<Slot>]) -> Option<usize> {
-    loop {
-        if let Some(i) = slots.iter().position(|s| s.free()) {
-            return Some(i);
+/// Report words shared with forked children: a page mapped `MAP_SHARED`
+/// before the fork is the same memory in both processes, so a forked
+/// child reports its failure the way a cloned one does, and doorman reads
+/// it when it reaps the child, never waiting on a pipe. One word per
+/// forked handler still running; pages of 512 words, made as needed and
+/// kept.
+#[derive(Default)]
+struct Shared {
+    pages: Vec<usize>,
+    free: Vec<u32>,
+    by_pid: HashMap<i32, u32>,
+}
+
+const WORDS_PER_PAGE: usize = 4096 / 8;
+
+impl Shared {
+    fn word(&self, i: u32) -> *mut u64 {
+        let page = self.pages[i as usize / WORDS_PER_PAGE];
+        (page as *mut u64).wrapping_add(i as usize % WORDS_PER_PAGE)
+    }
+
+    /// A free word, set to 0; `None` if no page could be mapped.
+    fn take(&mut self) -> Option<u32> {
+        if self.free.is_empty() {
+            // SAFETY: a shared anonymous mapping at an address the kernel
+            // picks; nothing else refers to it.
+            let page = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if page == libc::MAP_FAILED {
+                return None;
+            }
+            let first = (self.pages.len() * WORDS_PER_PAGE) as u32;
+            self.pages.push(page as usize);
+            self.free
+                .extend((first..first + WORDS_PER_PAGE as u32).rev());
         }
-        // A slot whose child failed waits for the loop to reap it: none
-        // to wait for here, then.
-        let s = slots.iter().find(|s| s.busy.load(Ordering::Acquire) != 0)?;
-        futex_wait(&s.busy, Duration::from_millis(10));
+        let i = self.free.pop()?;
+        // SAFETY: a word of a page we mapped, used by no child (it is free).
+        unsafe { std::ptr::write_volatile(self.word(i), 0) };
+        Some(i)
+    }
+
+    /// The report of forked child `pid`, if it was one; its word is free
+    /// again.
+    fn collect(&mut self, pid: i32) -> Option<u64> {
+        let i = self.by_pid.remove(&pid)?;
+        // SAFETY: the child has exited (it is being reaped), so nothing
+        // writes the word any more; a volatile read, as the write was done
+        // in another process.
+        let v = unsafe { std::ptr::read_volatile(self.word(i)) };
+        self.free.push(i);
+        Some(v)
     }
 }
 
-/// Sleeps until `word` is no longer 1 or `timeout` has passed.
-fn futex_wait(word: &AtomicU32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: FUTEX_WAIT on a word of ours, with a timeout; it returns at
-    // once if the word is no longer 1.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            1,
-            &ts as *const libc::timespec,
-        );
-    }
+thread_local! {
+    static SHARED: RefCell<Shared> = RefCell::new(Shared::default());
 }
 
-/// Why the detached child `pid` exited without exec'ing, if it did: to be
-/// asked when `pid` is reaped. Collecting it frees its slot.
-pub fn failure(pid: Pid) -> Option<SpawnError> {
-    SLOTS.with(|cell| {
-        let slots = cell.borrow();
-        let slot = slots
-            .iter()
-            .find(|s| s.pid == pid.as_raw() && s.busy.load(Ordering::Acquire) == 0)?;
-        let (stage, errno) = child::decode(slot.report.swap(0, Ordering::AcqRel))?;
-        Some(SpawnError {
-            stage,
-            errno: Errno::from_raw(errno),
-        })
-    })
-}
-
-/// Waits until no detached child uses doorman's memory any more (each has
-/// exec'd or exited): before anything a child may read is freed (a
-/// reload's old images). False if some child still had not after
-/// `timeout` (the caller must then keep that memory).
-pub fn quiesce(timeout: Duration) -> bool {
-    let end = Instant::now() + timeout;
-    SLOTS.with(|cell| {
-        let slots = cell.borrow();
-        for s in slots.iter() {
-            while s.busy.load(Ordering::Acquire) != 0 {
-                let left = end.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                futex_wait(&s.busy, left.min(Duration::from_millis(100)));
+/// What became of child `pid`, to be asked when it is reaped: why it
+/// exited without exec'ing (`Some`), or nothing (it exec'd, or it is not
+/// a child this module started). Frees what the child held.
+pub fn reaped(pid: Pid) -> Option<SpawnError> {
+    let p = pid.as_raw();
+    let from_slot = SLOTS.with(|cell| {
+        let mut slots = cell.borrow_mut();
+        let mut found = None;
+        for s in slots.iter_mut() {
+            if s.busy.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            if s.pid == p {
+                s.pid = 0;
+                found = Some(s.report.swap(0, Ordering::AcqRel));
+            }
+            // Every child that used a free slot is done with its image.
+            if s.report.load(Ordering::Acquire) == 0 {
+                s.own.release();
             }
         }
-        true
+        found
+    });
+    let report = match from_slot {
+        Some(r) => r,
+        None => SHARED.with(|s| s.borrow_mut().collect(p))?,
+    };
+    let (stage, errno) = child::decode(report)?;
+    Some(SpawnError {
+        stage,
+        errno: Errno::from_raw(errno),
     })
 }
 
@@ -385,10 +476,12 @@ pub fn slots() -> (usize, usize) {
     })
 }
 
-/// Gives back the pages of the idle slots' stacks (the loop is idle).
+/// Gives back the pages of the idle slots' stacks and the images only
+/// they still held (the loop is idle).
 pub fn trim() {
     SLOTS.with(|cell| {
-        for s in cell.borrow().iter().filter(|s| s.free()) {
+        for s in cell.borrow_mut().iter_mut().filter(|s| s.free()) {
+            s.own.release();
             let len = CHILD_STACK;
             // SAFETY: the stack of a slot no child uses (`busy` is 0): its
             // contents are dead; the pages come back zeroed when used.
@@ -459,13 +552,14 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 
 fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
     let mut slot: u64 = 0;
-    let plan = launch.plan(Report::Slot(&mut slot));
+    let plan = launch.plan(&mut slot);
     // No signal handler can run in the child, which shares doorman's
     // memory: doorman installs none (its signals come through a signalfd
-    // and stay blocked; the child inherits that mask and empties it only
-    // after resetting the ignored dispositions). Only the Rust runtime's
+    // and stay blocked), and every signal is blocked in the child from
+    // birth until right before its execve. Only the Rust runtime's
     // SIGSEGV/SIGBUS handler exists, for synchronous faults, which end the
     // child either way.
+    let blocked = AllBlocked::new();
     let pid = {
         // SAFETY: doorman is single-threaded, so no other thread holds a
         // lock or can touch the memory the child shares (CLONE_VM). The
@@ -475,9 +569,10 @@ fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
         // until the child has exec'd or exited: CLONE_VFORK), writes only
         // its own stack (the mapping from `child_stack_top`, used by one
         // child at a time since we are suspended meanwhile), the report
-        // slot, the `LISTEN_PID` digits and errno, and never returns.
-        // SIGCHLD as the exit signal makes it an ordinary child for
-        // `waitpid`.
+        // slot and the `LISTEN_PID` digits, and never returns. It keeps
+        // doorman's credentials (see `spawn`), so only doorman's own user
+        // could stop it before its exec. SIGCHLD as the exit signal makes
+        // it an ordinary child for `waitpid`.
         unsafe {
             libc::clone(
                 child_entry,
@@ -487,11 +582,10 @@ fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
             )
         }
     };
+    let errno = Errno::last();
+    drop(blocked);
     if pid < 0 {
-        return Err(SpawnError {
-            stage: None,
-            errno: Errno::last(),
-        });
+        return Err(SpawnError { stage: None, errno });
     }
     let pid = Pid::from_raw(pid);
     // SAFETY: the child wrote the slot (or not) before its exec or exit,
@@ -500,26 +594,32 @@ fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
     let report = unsafe { std::ptr::read_volatile(&slot) };
     match child::decode(report) {
         None => Ok(pid),
-        Some((stage, errno)) => {
-            reap_failed(pid);
-            Err(SpawnError {
-                stage,
-                errno: Errno::from_raw(errno),
-            })
-        }
+        // The child is exiting with 127; the loop reaps it like any child
+        // it does not know (no waiting here).
+        Some((stage, errno)) => Err(SpawnError {
+            stage,
+            errno: Errno::from_raw(errno),
+        }),
     }
 }
 
+/// `fork()`, with the report word in a shared page (see [`Shared`]):
+/// returns as soon as the child exists.
 fn spawn_fork(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
     let no_stage = |errno| SpawnError { stage: None, errno };
-    let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(no_stage)?;
-    let plan = launch.plan(Report::Pipe(wr.as_raw_fd()));
+    let Some((idx, word)) = SHARED.with(|s| {
+        let mut s = s.borrow_mut();
+        s.take().map(|i| (i, s.word(i)))
+    }) else {
+        return Err(no_stage(Errno::ENOMEM));
+    };
+    let plan = launch.plan(word);
     let pid = {
         // SAFETY: doorman is single-threaded (no thread is ever started),
         // so the child is a faithful copy in which no lock is held. The
         // child runs only `exec_child`, which makes raw system calls on
         // memory prepared above (`plan` and what it points into, alive on
-        // this stack frame) and never returns.
+        // this stack frame, and the shared report word) and never returns.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             // SAFETY: we are the freshly forked child; see `exec_child`.
@@ -527,36 +627,16 @@ fn spawn_fork(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
         }
         pid
     };
+    SHARED.with(|s| {
+        let mut s = s.borrow_mut();
+        if pid < 0 {
+            s.free.push(idx);
+        } else {
+            s.by_pid.insert(pid, idx);
+        }
+    });
     if pid < 0 {
         return Err(no_stage(Errno::last()));
     }
-    drop(wr);
-    let pid = Pid::from_raw(pid);
-    let mut buf = [0u8; 5];
-    let mut got = 0;
-    while got < buf.len() {
-        match nix::unistd::read(rd.as_raw_fd(), &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-    }
-    if got == 0 {
-        return Ok(pid);
-    }
-    reap_failed(pid);
-    let stage = Stage::from_byte(buf[0]);
-    let errno = if got == buf.len() {
-        Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]))
-    } else {
-        Errno::EIO
-    };
-    Err(SpawnError { stage, errno })
-}
-
-/// The child failed before exec and is exiting with 127: reap it now, so
-/// that it never shows up as a connection's handler.
-fn reap_failed(pid: Pid) {
-    while let Err(Errno::EINTR) = waitpid(pid, None) {}
+    Ok(Pid::from_raw(pid))
 }
