@@ -435,3 +435,31 @@ fn cloexec_inherited_fds() {
 fn errno_of(e: &std::io::Error) -> nix::errno::Errno {
     nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfile_temporary_file_never_follows_a_planted_link() {
+        let dir = std::env::temp_dir().join(format!("doorman-pidfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "untouched\n").unwrap();
+        let path = dir.join("doorman.pid");
+        let tmp = dir.join(format!("doorman.pid.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write_pidfile(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        assert!(
+            std::fs::symlink_metadata(&tmp).is_err(),
+            "no temporary left"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

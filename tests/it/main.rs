@@ -12,6 +12,7 @@ mod lifecycle;
 mod nowait;
 mod package;
 mod protect;
+mod security;
 mod units;
 mod unix;
 mod util;

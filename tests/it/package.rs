@@ -476,3 +476,39 @@ fn readme_install_commands_are_the_ones_ci_and_tests_run() {
     }
     assert!(n >= 5, "{n} commands");
 }
+
+#[test]
+fn debian_copyright_carries_both_licence_texts_as_they_are() {
+    // Cargo.toml says MIT OR Apache-2.0; the .deb's copyright file
+    // (conf/debian/copyright) must hold LICENSE-MIT and LICENSE-APACHE
+    // line for line, in Debian's format (one space in front, "." for an
+    // empty line).
+    let text = std::fs::read_to_string(top().join("conf/debian/copyright")).unwrap();
+    let para = |name: &str| -> String {
+        let head = format!("License: {name}\n");
+        let at = text.find(&head).unwrap_or_else(|| panic!("no {head:?}")) + head.len();
+        text[at..]
+            .lines()
+            .take_while(|l| l.starts_with(' '))
+            .map(|l| {
+                if l == " ." {
+                    String::new()
+                } else {
+                    l[1..].to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (name, file) in [("MIT", "LICENSE-MIT"), ("Apache-2.0", "LICENSE-APACHE")] {
+        let want = std::fs::read_to_string(top().join(file)).unwrap();
+        let want: Vec<&str> = want.trim_end().lines().map(str::trim_end).collect();
+        assert_eq!(
+            para(name),
+            want.join("\n"),
+            "{file} and conf/debian/copyright differ"
+        );
+    }
+    let cargo = std::fs::read_to_string(top().join("Cargo.toml")).unwrap();
+    assert!(cargo.contains("license = \"MIT OR Apache-2.0\""));
+}

@@ -121,6 +121,11 @@ pub struct Opts {
     /// doorman, to prove handlers never see it.
     pub leak_fd: Option<i32>,
     pub env: Vec<(String, String)>,
+    /// Signals doorman inherits ignored (set straight through the kernel,
+    /// so that glibc's own 32 and 33 can be too).
+    pub ignored: Vec<i32>,
+    /// A command doorman is run under (`setpriv ...`), which must exec it.
+    pub wrapper: Vec<String>,
 }
 
 impl Doorman {
@@ -136,7 +141,14 @@ impl Doorman {
 
     /// Starts doorman with these arguments and waits for `ready`.
     pub fn start(dir: TempDir, args: &[String], opts: Opts) -> Doorman {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -144,6 +156,30 @@ impl Doorman {
             .env("RUST_LOG", "info");
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if !opts.ignored.is_empty() {
+            let sigs = opts.ignored.clone();
+            // SAFETY: only rt_sigaction system calls between fork and exec,
+            // on a struct built before the fork's closure ran.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut ign = [0usize; 8];
+                    ign[0] = libc::SIG_IGN;
+                    for &sig in &sigs {
+                        if libc::syscall(
+                            libc::SYS_rt_sigaction,
+                            sig,
+                            ign.as_ptr(),
+                            std::ptr::null_mut::<usize>(),
+                            8usize,
+                        ) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
         }
         if let Some(fd) = opts.leak_fd {
             // SAFETY: only async-signal-safe calls (open, dup2) between fork
@@ -330,17 +366,40 @@ pub fn talk(addr: SocketAddr, input: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Runs doorman to completion with `args` (e.g. `--check`): (status, stdout, stderr).
+/// Runs doorman to completion with `args` (e.g. `--check`): (status,
+/// stdout, stderr). A doorman still running after [`DEADLINE`] is killed
+/// (status -1), so that a test expecting an exit fails instead of hanging.
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run doorman");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = match wait_child(&mut child, DEADLINE) {
+        Some(st) => st.code().unwrap_or(-1),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            -1
+        }
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status,
+        String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
+        String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
     )
 }
 
