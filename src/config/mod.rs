@@ -85,8 +85,10 @@ pub struct Endpoint {
     /// makes one dual-stack socket.
     pub v6only: bool,
     /// Skipped with a warning (instead of failing start-up) when the host
-    /// has no support for this address family: the IPv6 half of a plain
-    /// `tcp` service, as Debian's openbsd-inetd does.
+    /// has no support for this address family, and left out when another
+    /// endpoint claims IPv6 on the same port: the IPv6 half of a plain
+    /// `tcp` service, as Debian's openbsd-inetd does (see
+    /// `settle_families`).
     pub optional: bool,
     pub backlog: i32,
     pub sndbuf: Option<u32>,
@@ -980,6 +982,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
             Err(mut e) => errors.append(&mut e),
         }
     }
+    settle_families(&mut services);
     check_conflicts(&services, &mut errors);
     let muxed: Vec<&Service> = services.iter().filter(|s| s.tcpmux.is_some()).collect();
     if !muxed.is_empty()
@@ -1040,6 +1043,55 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// An explicit IPv6 line wins over what a line for both families only
+/// implies, as in every BSD inetd.conf, which pairs `daytime stream tcp`
+/// with `daytime stream tcp6`:
+/// - the optional `[::]` half of a plain `tcp`/`udp` line (which, as in
+///   Debian's openbsd-inetd, serves IPv4 and IPv6 when alone) is dropped
+///   when another endpoint claims an IPv6 address on the same port and
+///   socket type;
+/// - a dual-stack `tcp46`/`udp46` endpoint on `[::]` keeps only its IPv4
+///   half (`0.0.0.0`) when another endpoint claims `[::]` for IPv6 only.
+fn settle_families(services: &mut [Service]) {
+    use std::net::{IpAddr, Ipv4Addr};
+    let inet = |e: &Endpoint| match e.addr {
+        Address::Inet(a) if a.port() != 0 => Some(a),
+        _ => None,
+    };
+    // (type, port) claimed for IPv6 explicitly, and of those for IPv6 only
+    // on the wildcard address.
+    let mut v6: Vec<(SockType, u16)> = Vec::new();
+    let mut v6only_any: Vec<(SockType, u16)> = Vec::new();
+    for e in services.iter().flat_map(|s| &s.endpoints) {
+        if let Some(a) = inet(e).filter(|a| a.is_ipv6() && !e.optional) {
+            v6.push((e.sock_type, a.port()));
+            if e.v6only && a.ip().is_unspecified() {
+                v6only_any.push((e.sock_type, a.port()));
+            }
+        }
+    }
+    if v6.is_empty() {
+        return;
+    }
+    for svc in services.iter_mut() {
+        svc.endpoints.retain(|e| {
+            !(e.optional
+                && inet(e).is_some_and(|a| a.is_ipv6() && v6.contains(&(e.sock_type, a.port()))))
+        });
+        for e in &mut svc.endpoints {
+            let Some(a) = inet(e) else { continue };
+            if a.is_ipv6()
+                && a.ip().is_unspecified()
+                && !e.v6only
+                && v6only_any.contains(&(e.sock_type, a.port()))
+            {
+                e.addr =
+                    Address::Inet(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), a.port()));
+            }
+        }
+    }
+}
+
 /// Two services may not bind the same address: name both sources.
 fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
     let mut seen: Vec<((SockType, Address, bool), &Service)> = Vec::new();
@@ -1071,4 +1123,70 @@ fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
 /// A `CString` from config text that was already checked for NUL bytes.
 pub fn cstring(s: &str) -> CString {
     CString::new(s).unwrap_or_else(|_| CString::new(s.replace('\0', "")).expect("no NUL left"))
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    fn listing(text: &str) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!(
+            "doorman-family-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("inetd.conf");
+        std::fs::write(&f, text).unwrap();
+        let loaded = load(&Sources {
+            files: vec![f],
+            ..Sources::default()
+        })
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.endpoints.iter().map(move |e| {
+                    format!(
+                        "{} {}:{}{}",
+                        s.name,
+                        e.proto(),
+                        e.addr,
+                        if e.optional { "?" } else { "" }
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_explicit_ipv6_line_wins_over_what_tcp_implies() {
+        // A lone `tcp` line: IPv4, and IPv6 where the host has it.
+        assert_eq!(
+            listing("daytime stream tcp nowait root internal\n"),
+            ["daytime tcp4:0.0.0.0:13", "daytime tcp6:[::]:13?"]
+        );
+        // The BSD pair: each family once, neither refused.
+        let pair =
+            "daytime stream tcp nowait root internal\ndaytime stream tcp6 nowait root internal\n";
+        assert_eq!(
+            listing(pair),
+            ["daytime tcp4:0.0.0.0:13", "daytime tcp6:[::]:13"]
+        );
+        let pair = "echo dgram udp wait root internal\necho dgram udp6 wait root internal\n";
+        assert_eq!(listing(pair), ["echo udp4:0.0.0.0:7", "echo udp6:[::]:7"]);
+        // tcp46 next to tcp6: the dual socket keeps its IPv4 half.
+        let pair =
+            "time stream tcp46 nowait root internal\ntime stream tcp6 nowait root internal\n";
+        assert_eq!(listing(pair), ["time tcp4:0.0.0.0:37", "time tcp6:[::]:37"]);
+        // A specific IPv6 address on the port also takes over from `tcp`.
+        let pair =
+            "time stream tcp nowait root internal\n[::1]:time stream tcp6 nowait root internal\n";
+        assert_eq!(
+            listing(pair),
+            ["time tcp4:0.0.0.0:37", "time tcp6:[::1]:37"]
+        );
+    }
 }
