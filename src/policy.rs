@@ -28,8 +28,12 @@ const LOG_GATE_MAX: usize = 1024;
 /// Why a connection was refused or a service paused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// More than `max` spawns within `interval` (inetd's "looping").
+    /// `max` spawns within `interval` (inetd's "looping", systemd's
+    /// trigger limit): the service pauses after the last one.
     Rate { max: u32, interval: Duration },
+    /// `max` connections or wake-ups of one socket within `interval`
+    /// (systemd's poll limit): that socket is not watched for a while.
+    Poll { max: u32, interval: Duration },
     /// The source's token bucket is empty.
     SourceRate { rate: u32, interval: Duration },
     /// The source already has `max` handlers running.
@@ -54,6 +58,7 @@ impl Reason {
     pub fn key(&self) -> &'static str {
         match self {
             Reason::Rate { .. } => "rate",
+            Reason::Poll { .. } => "poll",
             Reason::SourceRate { .. } => "per-source-rate",
             Reason::SourceInstances { .. } => "per-source-instances",
             Reason::Instances { .. } => "instances",
@@ -79,7 +84,12 @@ impl fmt::Display for Reason {
         match self {
             Reason::Rate { max, interval } => write!(
                 f,
-                "rate: more than {max} connections in {}s (looping?)",
+                "rate: {max} connections in {}s (looping?)",
+                interval.as_secs_f64()
+            ),
+            Reason::Poll { max, interval } => write!(
+                f,
+                "poll: {max} connections on this socket in {}s",
                 interval.as_secs_f64()
             ),
             Reason::SourceRate { rate, interval } => write!(
@@ -113,14 +123,20 @@ impl fmt::Display for Reason {
 /// What to do with an accepted connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Spawn the handler (the admission is already counted); the source
-    /// key to release when it exits, if the source is tracked.
-    Admit(Option<IpAddr>),
+    /// Spawn the handler (the admission is already counted): the source
+    /// key to release when it exits, if the source is tracked; and, when
+    /// this admission reached the service's rate limit or its socket's
+    /// poll limit, the pause that follows it (until the instant given).
+    /// No connection is refused for a rate: the limit is reached by an
+    /// admitted one, and the next ones wait in the kernel's backlog.
+    Admit(Option<IpAddr>, Option<(Reason, Instant)>),
     /// Refuse this connection; the service goes on.
     Refuse(Reason),
-    /// Refuse this connection and stop serving until the instant given.
-    Pause(Reason, Instant),
 }
+
+/// A count of events since a start: one per socket for the poll limit,
+/// one per service for the rate limit.
+pub type Window = Option<(Instant, u32)>;
 
 /// The key a source is counted under: its address cut to the service's
 /// prefix (IPv4-mapped IPv6 counts as IPv4).
@@ -171,8 +187,10 @@ struct Source {
 #[derive(Debug, Default)]
 pub struct Counters {
     running: u32,
-    window: Option<(Instant, u32)>,
-    poll_window: Option<(Instant, u32)>,
+    window: Window,
+    /// The poll count of connections that came on no socket of the
+    /// service's own (tcpmux).
+    poll_window: Window,
     sources: HashMap<IpAddr, Source>,
     /// Start-up failures within the crash window, oldest first.
     failures: VecDeque<Instant>,
@@ -191,8 +209,15 @@ impl Counters {
     }
 
     /// Decides about one accepted connection from `source` (already a
-    /// [`source_key`]) at `now`, and counts it when admitted.
-    pub fn admit(&mut self, limits: &Limits, source: Option<IpAddr>, now: Instant) -> Decision {
+    /// [`source_key`]) at `now`, and counts it when admitted, in the
+    /// service's counts and in `poll`, the count of the socket it came on.
+    pub fn admit(
+        &mut self,
+        limits: &Limits,
+        source: Option<IpAddr>,
+        now: Instant,
+        poll: Option<&mut Window>,
+    ) -> Decision {
         if let Some(max) = limits.max_instances {
             if self.running >= max {
                 return Decision::Refuse(Reason::Instances { max });
@@ -218,33 +243,44 @@ impl Counters {
                 }
             }
         }
-        for (rate, window) in [
-            (limits.poll, &mut self.poll_window),
-            (limits.rate, &mut self.window),
-        ] {
-            let Some(rate) = rate else { continue };
+        // The poll limit of the socket it came on (the service's own
+        // count for a connection handed over by tcpmux), then the
+        // service's rate limit: each counts this admission, and the one
+        // reached last decides the pause that follows (the service's
+        // covers its sockets').
+        let mut then = None;
+        let poll = poll.unwrap_or(&mut self.poll_window);
+        let pairs: [(Option<crate::config::Rate>, &mut Window, bool); 2] = [
+            (limits.poll, poll, true),
+            (limits.rate, &mut self.window, false),
+        ];
+        for (rate, window, is_poll) in pairs {
+            let Some(rate) = rate.filter(|r| r.max > 0) else {
+                continue;
+            };
             let (start, count) = match *window {
                 Some((start, count)) if now.duration_since(start) < rate.interval => (start, count),
                 _ => (now, 0),
             };
-            if count >= rate.max {
+            if count + 1 >= rate.max {
                 *window = None;
-                return Decision::Pause(
-                    Reason::Rate {
-                        max: rate.max,
-                        interval: rate.interval,
-                    },
-                    now + rate.pause,
-                );
+                let (max, interval) = (rate.max, rate.interval);
+                let reason = if is_poll {
+                    Reason::Poll { max, interval }
+                } else {
+                    Reason::Rate { max, interval }
+                };
+                then = Some((reason, now + rate.pause));
+            } else {
+                *window = Some((start, count + 1));
             }
-            *window = Some((start, count + 1));
         }
         self.running += 1;
         let tracked = match (source, per_source) {
             (Some(ip), true) => self.count_source(ip, limits, now).then_some(ip),
             _ => None,
         };
-        Decision::Admit(tracked)
+        Decision::Admit(tracked, then)
     }
 
     /// Counts one admission for `ip`; false when the table is full of
@@ -385,7 +421,7 @@ mod tests {
     }
 
     fn admitted(d: Decision) -> bool {
-        matches!(d, Decision::Admit(_))
+        matches!(d, Decision::Admit(..))
     }
 
     #[test]
@@ -396,12 +432,12 @@ mod tests {
         };
         let mut c = Counters::default();
         let t = Instant::now();
-        assert!(admitted(c.admit(&l, ip("10.0.0.1"), t)));
+        assert!(admitted(c.admit(&l, ip("10.0.0.1"), t, None)));
         assert!(!c.at_capacity(&l));
-        assert!(admitted(c.admit(&l, ip("10.0.0.1"), t)));
+        assert!(admitted(c.admit(&l, ip("10.0.0.1"), t, None)));
         assert!(c.at_capacity(&l));
         assert_eq!(
-            c.admit(&l, ip("10.0.0.1"), t),
+            c.admit(&l, ip("10.0.0.1"), t, None),
             Decision::Refuse(Reason::Instances { max: 2 })
         );
         c.release(None);
@@ -422,28 +458,74 @@ mod tests {
         };
         let mut c = Counters::default();
         let t0 = Instant::now();
-        for i in 0..5 {
-            assert!(admitted(c.admit(&l, None, t0 + Duration::from_secs(i))));
+        // The first four are admitted; the fifth too, and it reaches the
+        // limit: the pause follows it (no connection is refused for it).
+        for i in 0..4 {
+            let d = c.admit(&l, None, t0 + Duration::from_secs(i), None);
+            assert_eq!(d, Decision::Admit(None, None));
         }
         let t = t0 + Duration::from_secs(10);
         assert_eq!(
-            c.admit(&l, None, t),
-            Decision::Pause(
-                Reason::Rate {
-                    max: 5,
-                    interval: Duration::from_secs(60)
-                },
-                t + Duration::from_secs(600)
+            c.admit(&l, None, t, None),
+            Decision::Admit(
+                None,
+                Some((
+                    Reason::Rate {
+                        max: 5,
+                        interval: Duration::from_secs(60)
+                    },
+                    t + Duration::from_secs(600)
+                ))
             )
         );
         // After the pause a fresh window starts.
-        assert!(admitted(c.admit(&l, None, t + Duration::from_secs(600))));
+        let d = c.admit(&l, None, t + Duration::from_secs(600), None);
+        assert_eq!(d, Decision::Admit(None, None));
         // A window that has elapsed restarts the count.
         let mut c = Counters::default();
-        for _ in 0..5 {
-            c.admit(&l, None, t0);
+        for _ in 0..4 {
+            c.admit(&l, None, t0, None);
         }
-        assert!(admitted(c.admit(&l, None, t0 + Duration::from_secs(60))));
+        let d = c.admit(&l, None, t0 + Duration::from_secs(60), None);
+        assert_eq!(d, Decision::Admit(None, None));
+    }
+
+    #[test]
+    fn poll_limit_counts_per_socket() {
+        let poll = Rate {
+            max: 3,
+            interval: Duration::from_secs(2),
+            pause: Duration::from_secs(2),
+        };
+        let l = Limits {
+            poll: Some(poll),
+            ..Limits::default()
+        };
+        let mut c = Counters::default();
+        let t = Instant::now();
+        let (mut a, mut b): (Window, Window) = (None, None);
+        for _ in 0..2 {
+            assert_eq!(
+                c.admit(&l, None, t, Some(&mut a)),
+                Decision::Admit(None, None)
+            );
+            assert_eq!(
+                c.admit(&l, None, t, Some(&mut b)),
+                Decision::Admit(None, None)
+            );
+        }
+        let reached = Decision::Admit(
+            None,
+            Some((
+                Reason::Poll {
+                    max: 3,
+                    interval: Duration::from_secs(2),
+                },
+                t + Duration::from_secs(2),
+            )),
+        );
+        assert_eq!(c.admit(&l, None, t, Some(&mut a)), reached);
+        assert_eq!(c.admit(&l, None, t, Some(&mut b)), reached);
     }
 
     #[test]
@@ -460,34 +542,34 @@ mod tests {
         let mut c = Counters::default();
         let t = Instant::now();
         let a = ip("10.0.0.1");
-        assert_eq!(c.admit(&l, a, t), Decision::Admit(a));
+        assert_eq!(c.admit(&l, a, t, None), Decision::Admit(a, None));
         assert_eq!(
-            c.admit(&l, a, t),
+            c.admit(&l, a, t, None),
             Decision::Refuse(Reason::SourceInstances { max: 1 })
         );
-        assert!(admitted(c.admit(&l, ip("10.0.0.2"), t)));
+        assert!(admitted(c.admit(&l, ip("10.0.0.2"), t, None)));
         c.release(a);
-        assert!(admitted(c.admit(&l, a, t)));
+        assert!(admitted(c.admit(&l, a, t, None)));
         c.release(a);
-        assert!(admitted(c.admit(&l, a, t)));
+        assert!(admitted(c.admit(&l, a, t, None)));
         c.release(a);
         // The burst of 3 is spent: refused until a token refills.
         let refused = Decision::Refuse(Reason::SourceRate {
             rate: 1,
             interval: Duration::from_secs(10),
         });
-        assert_eq!(c.admit(&l, a, t), refused);
-        assert_eq!(c.admit(&l, a, t + Duration::from_secs(9)), refused);
-        assert!(admitted(c.admit(&l, a, t + Duration::from_secs(10))));
+        assert_eq!(c.admit(&l, a, t, None), refused);
+        assert_eq!(c.admit(&l, a, t + Duration::from_secs(9), None), refused);
+        assert!(admitted(c.admit(&l, a, t + Duration::from_secs(10), None)));
         c.release(a);
-        assert_eq!(c.admit(&l, a, t + Duration::from_secs(11)), refused);
+        assert_eq!(c.admit(&l, a, t + Duration::from_secs(11), None), refused);
         // A long rest refills to the burst, never beyond it.
         let later = t + Duration::from_secs(3600);
         for _ in 0..3 {
-            assert!(admitted(c.admit(&l, a, later)));
+            assert!(admitted(c.admit(&l, a, later, None)));
             c.release(a);
         }
-        assert_eq!(c.admit(&l, a, later), refused);
+        assert_eq!(c.admit(&l, a, later, None), refused);
         assert_eq!(c.running(), 1);
     }
 
@@ -523,7 +605,7 @@ mod tests {
         let t = Instant::now();
         for i in 0..20_000u32 {
             let a = Some(IpAddr::from(i.to_be_bytes()));
-            if let Decision::Admit(k) = c.admit(&l, a, t) {
+            if let Decision::Admit(k, _) = c.admit(&l, a, t, None) {
                 c.release(k);
             }
             assert!(c.sources_tracked() <= SOURCE_MAX);
@@ -532,9 +614,12 @@ mod tests {
         // bound a new source is admitted untracked.
         let mut c = Counters::default();
         for i in 0..SOURCE_MAX as u32 {
-            c.admit(&l, Some(IpAddr::from(i.to_be_bytes())), t);
+            c.admit(&l, Some(IpAddr::from(i.to_be_bytes())), t, None);
         }
-        assert_eq!(c.admit(&l, ip("200.0.0.1"), t), Decision::Admit(None));
+        assert_eq!(
+            c.admit(&l, ip("200.0.0.1"), t, None),
+            Decision::Admit(None, None)
+        );
         assert_eq!(c.sources_tracked(), SOURCE_MAX);
     }
 

@@ -343,7 +343,8 @@ pub struct Limits {
     /// Concurrent instances per source address (FreeBSD field 4).
     pub max_per_source: Option<u32>,
     /// Wake-ups (accepted connections, wait hand-overs) per interval
-    /// (systemd `PollLimit*`); over it the service pauses like `rate`.
+    /// of one socket (systemd `PollLimit*`); reaching it stops watching
+    /// that socket for the pause.
     pub poll: Option<Rate>,
     /// Sources are counted by prefix: IPv4 by /32 and IPv6 by /64 unless
     /// configured otherwise (one IPv6 host usually owns a whole /64).
@@ -412,7 +413,8 @@ pub struct Refusal {
     /// The access list refuses the client (default: close).
     pub deny: Fate,
     /// The service is paused by its rate or crash-loop limit (default:
-    /// queue; the connection that tripped the limit is closed).
+    /// queue: no connection is closed; the one that reached a rate limit
+    /// was served).
     pub paused: Fate,
     /// What `message` sends (at most [`MAX_MESSAGE`] bytes).
     pub message: Vec<u8>,

@@ -533,20 +533,22 @@ impl Builder {
             }
             self.raw.limits.max_instances = max_conn;
         }
-        // Trigger and poll limits pause the socket until the interval has
-        // passed, then resume by themselves (systemd fails the unit instead).
-        let burst_default = if self.raw.mode == Mode::Accept {
-            200
-        } else {
-            20
-        };
+        // systemd.socket(5): TriggerLimitBurst= defaults to 200 activations
+        // per 2 s for Accept=yes and 20 otherwise; PollLimitBurst= to 150
+        // and 15 polling events per 2 s, per socket. Over the poll limit
+        // the socket is not polled for the rest of the interval (clients
+        // wait in the backlog), as in systemd; over the trigger limit the
+        // service pauses for the interval and resumes by itself, where
+        // systemd fails the socket unit until it is restarted.
+        let accept = self.raw.mode == Mode::Accept;
+        let burst_default = if accept { 200 } else { 20 };
         let trig_burst = trigger.1.unwrap_or(burst_default);
         self.raw.limits.rate = (trig_burst > 0 && !trigger.0.is_zero()).then_some(Rate {
             max: trig_burst,
             interval: trigger.0,
             pause: trigger.0,
         });
-        let poll_burst = poll.1.unwrap_or(150);
+        let poll_burst = poll.1.unwrap_or(if accept { 150 } else { 15 });
         self.raw.limits.poll = (poll_burst > 0 && !poll.0.is_zero()).then_some(Rate {
             max: poll_burst,
             interval: poll.0,

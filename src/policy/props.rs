@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::{source_key, Counters, Decision, Reason, SOURCE_MAX};
+use super::{source_key, Counters, Decision, Reason, Window, SOURCE_MAX};
 use crate::config::fuzz_tests::cases;
 use crate::config::{Bucket, Crash, Limits, Rate};
 
@@ -100,6 +100,8 @@ struct Driver {
     c: Counters,
     now: Instant,
     paused_until: Option<Instant>,
+    /// The socket's poll count.
+    poll: Window,
     alive: Vec<(Option<IpAddr>, Instant)>,
     pauses: usize,
     resumes: usize,
@@ -115,6 +117,7 @@ impl Driver {
             c: Counters::default(),
             now: Instant::now(),
             paused_until: None,
+            poll: None,
             alive: Vec::new(),
             pauses: 0,
             resumes: 0,
@@ -145,25 +148,33 @@ impl Driver {
                     return Ok(()); // not served while paused (queued or refused)
                 }
                 let key = ip.map(|ip| source_key(ip, &self.limits));
-                match self.c.admit(&self.limits, key, self.now) {
-                    Decision::Admit(tracked) => {
+                match self
+                    .c
+                    .admit(&self.limits, key, self.now, Some(&mut self.poll))
+                {
+                    Decision::Admit(tracked, then) => {
                         prop_assert!(tracked.is_none() || tracked == key);
                         self.alive.push((tracked, self.now));
+                        if let Some((r, until)) = then {
+                            let (Reason::Rate { max, interval } | Reason::Poll { max, interval }) =
+                                r
+                            else {
+                                return Err(TestCaseError::fail(format!("pause for {r:?}")));
+                            };
+                            let rate = [self.limits.poll, self.limits.rate]
+                                .into_iter()
+                                .flatten()
+                                .find(|x| x.max == max && x.interval == interval)
+                                .expect("a configured rate");
+                            self.pause(until, rate.pause)?;
+                        }
                     }
                     Decision::Refuse(r) => {
-                        let pausing = matches!(r, Reason::Rate { .. } | Reason::Crash { .. });
+                        let pausing = matches!(
+                            r,
+                            Reason::Rate { .. } | Reason::Poll { .. } | Reason::Crash { .. }
+                        );
                         prop_assert!(!pausing, "refused, not paused, for {:?}", r);
-                    }
-                    Decision::Pause(r, until) => {
-                        let Reason::Rate { max, interval } = r else {
-                            return Err(TestCaseError::fail(format!("pause for {r:?}")));
-                        };
-                        let rate = [self.limits.poll, self.limits.rate]
-                            .into_iter()
-                            .flatten()
-                            .find(|x| x.max == max && x.interval == interval)
-                            .expect("a configured rate");
-                        self.pause(until, rate.pause)?;
                     }
                 }
             }
@@ -261,8 +272,8 @@ proptest! {
         prop_assert_eq!(d.pauses, d.resumes);
         let fresh = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 77)));
         let key = fresh.map(|ip| source_key(ip, &d.limits));
-        match d.c.admit(&d.limits, key, d.now) {
-            Decision::Admit(_) => {}
+        match d.c.admit(&d.limits, key, d.now, None) {
+            Decision::Admit(..) => {}
             other => prop_assert!(false, "after every pause ended and every handler exited: {other:?}"),
         }
     }

@@ -118,20 +118,23 @@ impl Server {
         if let (Some(p), Peer::Tcp { remote, .. }) = (&self.services[s].svc.proxy, &peer) {
             let remote = *remote;
             if p.trusted.iter().any(|c| c.contains(remote.ip())) {
-                return self.proxy_start(s, conn, peer, shown, now);
+                return self.proxy_start(li, s, conn, peer, shown, now);
             }
             if !p.optional {
                 let key = source.map(|ip| policy::source_key(ip, &self.services[s].svc.limits));
                 return self.refuse(s, conn, Reason::Proxy, key, &shown, now);
             }
         }
-        self.serve_peer(s, conn, peer, source, shown, now);
+        self.serve_peer(Some(li), s, conn, peer, source, shown, now);
     }
 
     /// A connection whose client is known: access, limits, then the
-    /// handler (or an internal service, or a tcpmux service).
+    /// handler (or an internal service, or a tcpmux service). `li`: the
+    /// listener it came on (none for one tcpmux handed over).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn serve_peer(
         &mut self,
+        li: Option<usize>,
         s: usize,
         conn: OwnedFd,
         peer: Peer,
@@ -157,14 +160,18 @@ impl Server {
             return self.refuse(s, conn, Reason::Paused, key, &shown, now);
         }
         let rt = &mut self.services[s];
-        let tracked = match rt.counters.admit(&rt.svc.limits, key, now) {
-            Decision::Admit(tracked) => tracked,
+        let poll = li
+            .and_then(|l| self.listeners.get_mut(l))
+            .map(|l| &mut l.poll);
+        let (tracked, then) = match rt.counters.admit(&rt.svc.limits, key, now, poll) {
+            Decision::Admit(tracked, then) => (tracked, then),
             Decision::Refuse(reason) => return self.refuse(s, conn, reason, key, &shown, now),
-            Decision::Pause(reason, until) => {
-                self.pause(s, reason.key(), reason.to_string(), &shown, until, now);
-                return self.refuse(s, conn, Reason::Paused, key, &shown, now);
-            }
         };
+        // A rate or poll limit reached by this admission pauses what comes
+        // next (the kernel's backlog holds it); this connection is served.
+        if let Some((reason, until)) = then {
+            self.limit_reached(s, li, reason, until, &shown, now);
+        }
         if let Some(kind) = self.services[s].svc.internal() {
             self.metrics.service(&self.services[s].label).accepted += 1;
             return self.inside_open(s, kind, conn, peer, tracked, shown, now);
@@ -313,24 +320,86 @@ impl Server {
         }
     }
 
-    /// Asks policy about a wake-up of a wait service; performs a pause.
-    /// True when admitted (and counted).
-    pub(super) fn admit_wake(&mut self, s: usize, now: Instant) -> bool {
+    /// Asks policy about a wake-up of wait listener `li`: `None` if not
+    /// admitted, else the pause that is to follow the wake-up, if a limit
+    /// was reached (counted).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn admit_wake(
+        &mut self,
+        li: usize,
+        now: Instant,
+    ) -> Option<Option<(Reason, Instant)>> {
+        let s = self.listeners[li].service;
         let rt = &mut self.services[s];
-        match rt.counters.admit(&rt.svc.limits, None, now) {
-            Decision::Admit(_) => {
+        let poll = Some(&mut self.listeners[li].poll);
+        match rt.counters.admit(&rt.svc.limits, None, now, poll) {
+            Decision::Admit(_, then) => {
                 self.metrics.service(&rt.label).accepted += 1;
-                true
+                Some(then)
             }
             Decision::Refuse(reason) => {
                 debug!("{}: not woken: {reason}", rt.label);
-                false
-            }
-            Decision::Pause(reason, until) => {
-                self.pause(s, reason.key(), reason.to_string(), "-", until, now);
-                false
+                None
             }
         }
+    }
+
+    /// An admission reached a limit: the service pauses (its rate), or,
+    /// for a poll limit, the socket it came on is not watched until
+    /// `until` (systemd's poll limit is per socket); clients wait in the
+    /// kernel's backlog meanwhile.
+    pub(super) fn limit_reached(
+        &mut self,
+        s: usize,
+        li: Option<usize>,
+        reason: Reason,
+        until: Instant,
+        shown: &str,
+        now: Instant,
+    ) {
+        match (reason, li) {
+            (Reason::Poll { .. }, Some(li)) => self.pause_listener(li, reason, until, now),
+            _ => {
+                if self.services[s].paused_until.is_none() {
+                    self.pause(s, reason.key(), reason.to_string(), shown, until, now);
+                }
+            }
+        }
+    }
+
+    /// Stops watching listener `li` until `until` (a poll limit).
+    fn pause_listener(&mut self, li: usize, reason: Reason, until: Instant, now: Instant) {
+        let l = &mut self.listeners[li];
+        if l.paused_until.is_some() {
+            return;
+        }
+        l.paused_until = Some(until);
+        let s = l.service;
+        let rt = &self.services[s];
+        *self
+            .metrics
+            .service(&rt.label)
+            .refused
+            .entry(reason.key())
+            .or_default() += 1;
+        emit(
+            Level::Warn,
+            "pause",
+            &[
+                ("service", V::S(&rt.label)),
+                ("addr", V::O(self.listeners[li].local.to_string())),
+                (
+                    "for",
+                    V::O(format!(
+                        "{}ms",
+                        until.saturating_duration_since(now).as_millis()
+                    )),
+                ),
+                ("reason", V::O(reason.to_string())),
+                ("fate", V::S("queue")),
+            ],
+        );
+        self.sync(s);
     }
 
     pub(super) fn pause(

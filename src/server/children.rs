@@ -161,9 +161,9 @@ impl Server {
         }
         let s = self.listeners[li].service;
         let now = Instant::now();
-        if !self.admit_wake(s, now) {
+        let Some(then) = self.admit_wake(li, now) else {
             return;
-        }
+        };
         let l = &self.listeners[li];
         let queued = listen::queued(lfd, l.sock_type, l.inet());
         let rt = &self.services[s];
@@ -205,6 +205,9 @@ impl Server {
                 queued,
             };
             self.track(pid, s, None, "-".into(), now, Some(hold), None);
+        }
+        if let Some((reason, until)) = then {
+            self.limit_reached(s, Some(li), reason, until, "-", now);
         }
         self.sync(s);
     }

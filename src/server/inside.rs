@@ -137,6 +137,8 @@ impl InsideConn {
 pub(super) struct Pending {
     fd: OwnedFd,
     pub(super) service: usize,
+    /// The listener it came on (its poll count).
+    listener: usize,
     peer: Peer,
     shown: String,
     deadline: Instant,
@@ -480,7 +482,7 @@ impl Server {
                     0,
                     "handed-over",
                 );
-                self.serve_peer(t, c.fd, c.peer, source, c.shown, Instant::now());
+                self.serve_peer(None, t, c.fd, c.peer, source, c.shown, Instant::now());
             }
         }
     }
@@ -517,16 +519,15 @@ impl Server {
                 } else if rt.paused_until.is_some() {
                     Some(Reason::Paused)
                 } else {
-                    match rt.counters.admit(&rt.svc.limits, key, now) {
-                        Decision::Admit(k) => {
+                    match rt.counters.admit(&rt.svc.limits, key, now, None) {
+                        Decision::Admit(k, then) => {
                             rt.counters.release(k);
+                            if let Some((r, until)) = then {
+                                self.limit_reached(s, None, r, until, &shown, now);
+                            }
                             None
                         }
                         Decision::Refuse(r) => Some(r),
-                        Decision::Pause(r, until) => {
-                            self.pause(s, r.key(), r.to_string(), &shown, until, now);
-                            Some(Reason::Paused)
-                        }
                     }
                 };
             if let Some(r) = reason {
@@ -566,6 +567,7 @@ impl Server {
     /// A connection from a trusted proxy: wait (bounded) for its header.
     pub(super) fn proxy_start(
         &mut self,
+        li: usize,
         s: usize,
         conn: OwnedFd,
         peer: Peer,
@@ -577,6 +579,7 @@ impl Server {
         let slot = self.inside.pending.insert(Pending {
             fd: conn,
             service: s,
+            listener: li,
             peer,
             shown,
             deadline: now + PROXY_TIMEOUT,
@@ -668,7 +671,15 @@ impl Server {
                     Peer::Tcp { remote, .. } => Some(remote.ip()),
                     _ => None,
                 };
-                self.serve_peer(s, p.fd, peer, source, shown, Instant::now());
+                self.serve_peer(
+                    Some(p.listener),
+                    s,
+                    p.fd,
+                    peer,
+                    source,
+                    shown,
+                    Instant::now(),
+                );
             }
         }
     }
@@ -745,16 +756,15 @@ impl Server {
         } else if rt.paused_until.is_some() || self.global_full {
             Some(Reason::Paused)
         } else {
-            match rt.counters.admit(&rt.svc.limits, key, now) {
-                Decision::Admit(k) => {
+            match rt.counters.admit(&rt.svc.limits, key, now, None) {
+                Decision::Admit(k, then) => {
+                    if let Some((r, until)) = then {
+                        self.limit_reached(s, None, r, until, &shown, now);
+                    }
                     self.session_spawn(li, s, local, from, n, k, shown, now);
                     return;
                 }
                 Decision::Refuse(r) => Some(r),
-                Decision::Pause(r, until) => {
-                    self.pause(s, r.key(), r.to_string(), &shown, until, now);
-                    Some(Reason::Paused)
-                }
             }
         };
         if let Some(r) = refused {
@@ -958,6 +968,14 @@ impl Server {
             }
         }
         self.inside.by_peer = by_peer;
+        for i in self.inside.pending.indices() {
+            let p = self.inside.pending.get_mut(i).expect("index");
+            p.listener = old_to_new_listener
+                .get(p.listener)
+                .copied()
+                .flatten()
+                .unwrap_or(usize::MAX);
+        }
     }
 }
 

@@ -149,6 +149,10 @@ struct ListenerRt {
     service: usize,
     registered: bool,
     wait: WaitState,
+    /// Wake-ups admitted from this socket (systemd's poll limit counts per
+    /// socket), and the end of the pause its limit caused.
+    poll: policy::Window,
+    paused_until: Option<Instant>,
     /// The endpoint as last applied (a reload re-applies what changed).
     ep: Endpoint,
     /// A unix socket file's inode, as bound.
@@ -485,6 +489,7 @@ impl Server {
             .iter()
             .filter_map(|s| s.paused_until)
             .chain(self.listeners.iter().filter_map(|l| l.wait.rearm_at))
+            .chain(self.listeners.iter().filter_map(|l| l.paused_until))
             .chain(self.scrapes.iter().flatten().map(|s| s.deadline))
             .chain(self.emfile_until)
             .chain(self.timeouts.peek().map(|Reverse((t, _))| *t))
@@ -519,6 +524,21 @@ impl Server {
                 self.listeners[li].wait.rearm_at = None;
                 self.sync(self.listeners[li].service);
             }
+            if self.listeners[li].paused_until.is_some_and(|t| t <= now) {
+                self.listeners[li].paused_until = None;
+                emit(
+                    Level::Info,
+                    "resume",
+                    &[
+                        (
+                            "service",
+                            V::S(&self.services[self.listeners[li].service].label),
+                        ),
+                        ("addr", V::O(self.listeners[li].local.to_string())),
+                    ],
+                );
+                self.sync(self.listeners[li].service);
+            }
         }
         for i in 0..self.scrapes.len() {
             if self.scrapes[i].as_ref().is_some_and(|s| s.deadline <= now) {
@@ -539,7 +559,8 @@ impl Server {
         {
             return !(rt.paused_until.is_some() && rt.svc.internal().is_some());
         }
-        if self.emfile_until.is_some() || self.global_full {
+        // A poll limit: this socket's clients wait in the backlog.
+        if self.emfile_until.is_some() || self.global_full || l.paused_until.is_some() {
             return false;
         }
         let full = rt.counters.at_capacity(&rt.svc.limits);

@@ -113,6 +113,8 @@ impl Server {
                     service: idx,
                     registered: false,
                     wait: WaitState::default(),
+                    poll: None,
+                    paused_until: None,
                     ep: ep.clone(),
                     node: b.node,
                     _unlink: b.unlink,

@@ -335,13 +335,22 @@ fn rate_limit_pauses_the_service() {
     for _ in 0..5 {
         assert_eq!(talk(d.addr(0), b""), "hello 127.0.0.1\n");
     }
-    // The sixth within the minute is closed unserved, and the log says why.
-    assert_eq!(talk(d.addr(0), b""), "");
+    // The fifth reached the limit: the service pauses, and the log says
+    // why. The sixth within the minute is not closed: it waits in the
+    // kernel's backlog until the pause is over.
     let line = d
         .log
         .wait_for(&["pause service=", "reason=rate"], DEADLINE)
         .unwrap();
-    assert!(line.contains("more than 5 connections in 60s"), "{line}");
+    assert!(line.contains("5 connections in 60s"), "{line}");
+    let mut sixth = connect(d.addr(0));
+    sixth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let e = sixth.read(&mut buf).expect_err("neither served nor closed");
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+    assert_eq!(d.log.count(&["refuse service="]), 0, "{}", d.log.text());
     assert!(
         eventually(DEADLINE, || d.log.count(&["accept service="]) == 5),
         "{}",
