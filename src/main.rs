@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod error;
 mod events;
+mod executor;
 mod footprint;
 mod internal;
 mod listen;
@@ -23,6 +24,11 @@ use std::process::ExitCode;
 use error::{Error, EXIT_OK};
 
 fn main() -> ExitCode {
+    // A unit's executor (see executor.rs): exec'd by doorman's own child.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if argv0 == executor::ARG0 {
+        executor::main(std::env::args_os().collect());
+    }
     let args = match cli::Args::from_env() {
         Ok(a) => a,
         Err(code) => return ExitCode::from(code),

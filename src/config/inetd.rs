@@ -114,6 +114,11 @@ pub struct RawService {
     pub proxy: Option<ProxyVersion>,
     pub proxy_from: Vec<acl::Cidr>,
     pub proxy_optional: bool,
+    /// The socket type of each bind, when they differ (a socket unit may
+    /// mix `ListenStream=` and `ListenDatagram=`); empty: all `sock_type`.
+    pub bind_types: Vec<SockType>,
+    /// What a systemd unit adds (its commands still unresolved).
+    pub unit: Option<Box<super::UnitExec>>,
 }
 
 impl RawService {
@@ -158,6 +163,8 @@ impl RawService {
             proxy: None,
             proxy_from: Vec::new(),
             proxy_optional: false,
+            bind_types: Vec::new(),
+            unit: None,
         }
     }
 }

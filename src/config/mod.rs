@@ -11,6 +11,7 @@ pub mod inetd;
 pub mod options;
 pub mod passwd;
 pub mod resolve;
+pub mod sandbox;
 pub mod unit;
 pub mod xinetd;
 
@@ -155,6 +156,9 @@ pub enum StdFd {
     Null,
     /// doorman's own stderr (its log).
     Log,
+    /// A file opened for each start (`StandardOutput=file:` & co): the
+    /// index into the unit's [`UnitExec::files`].
+    File(u8),
 }
 
 impl StdFd {
@@ -163,8 +167,109 @@ impl StdFd {
             StdFd::Socket => "socket",
             StdFd::Null => "null",
             StdFd::Log => "log",
+            StdFd::File(_) => "file",
         }
     }
+}
+
+/// How an output file is opened (`file:`, `append:`, `truncate:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    /// Written from its start, not truncated.
+    Write,
+    Append,
+    Truncate,
+}
+
+/// With what privileges a unit command runs (its `+` and `!` prefixes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Privileges {
+    /// The unit's user, groups and sandbox.
+    #[default]
+    Normal,
+    /// `+`: as doorman runs, without the unit's user or sandbox.
+    Full,
+    /// `!`: the sandbox applies, the user and groups do not.
+    KeepIds,
+}
+
+/// One command around the main program (`ExecStartPre=`,
+/// `ExecStartPost=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub program: PathBuf,
+    /// argv, argv[0] included.
+    pub argv: Vec<String>,
+    /// `-`: a failure (exit status, signal, exec error) does not abort
+    /// the start.
+    pub ignore_failure: bool,
+    pub privileges: Privileges,
+    /// Expand `$VAR`/`${VAR}` from the unit's environment (no `:` prefix).
+    pub expand: bool,
+}
+
+/// A directory made for a unit before it starts (`RuntimeDirectory=` &
+/// co), owned by its user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceDir {
+    /// `RUNTIME_DIRECTORY`, `STATE_DIRECTORY`, ...: the variable naming it.
+    pub var: &'static str,
+    /// The full path (`/run/NAME`, `/var/lib/NAME`, ...).
+    pub path: PathBuf,
+    pub mode: u32,
+    /// Removed after the last handler has exited (the runtime directory,
+    /// unless preserved).
+    pub remove: bool,
+}
+
+/// Who may send readiness notifications (`NotifyAccess=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotifyAccess {
+    None,
+    /// The main process only.
+    #[default]
+    Main,
+    /// The main process and the commands around it.
+    Exec,
+    /// Any process of the handler's.
+    All,
+}
+
+/// What a systemd unit adds to starting a plain handler: the commands
+/// around it, the directories it needs, readiness, the statuses that mean
+/// success, and its sandbox (systemd.service(5), systemd.exec(5)). Boxed
+/// in [`Service`]: inetd.conf and xinetd services carry none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitExec {
+    pub pre: Vec<Command>,
+    pub post: Vec<Command>,
+    /// The main program's `+`/`!` prefix.
+    pub privileges: Privileges,
+    /// The main program's `-` prefix: its failure is not one (for the
+    /// crash-loop guard).
+    pub ignore_failure: bool,
+    pub dirs: Vec<ServiceDir>,
+    /// `Type=notify`: the handler gets a `NOTIFY_SOCKET` of doorman's and
+    /// its readiness is awaited (and logged) before `ExecStartPost=`.
+    pub notify: bool,
+    pub notify_access: NotifyAccess,
+    pub oom_score_adjust: Option<i32>,
+    /// Exit statuses and signals that count as success (besides 0).
+    pub success_status: Vec<i32>,
+    pub success_signals: Vec<i32>,
+    /// `IgnoreSIGPIPE=` (systemd's default: yes).
+    pub ignore_sigpipe: bool,
+    /// `NonBlocking=`: the sockets handed over are non-blocking.
+    pub nonblocking: bool,
+    /// Files of `StandardOutput=`/`StandardError=` (`StdFd::File`).
+    pub files: Vec<(PathBuf, FileMode)>,
+    /// A non-optional `EnvironmentFile=` that could not be read when the
+    /// configuration was loaded: every start fails with this reason
+    /// until a reload finds it (as systemd fails each start).
+    pub env_missing: Option<String>,
+    /// `DynamicUser=`: the user was allocated for this unit.
+    pub dynamic_user: bool,
+    pub sandbox: sandbox::Sandbox,
 }
 
 /// How the socket is handed to the handler: what fds 0, 1 and 2 are, and
@@ -586,6 +691,8 @@ pub struct Service {
     /// port of its own; `true`: tcpmux answers `+` first (`tcpmux/+NAME`).
     pub tcpmux: Option<(String, bool)>,
     pub proxy: Option<ProxySpec>,
+    /// What a systemd unit adds (none for the other front ends).
+    pub unit: Option<Box<UnitExec>>,
 }
 
 impl Service {

@@ -131,6 +131,21 @@ pub fn user_by_uid(uid: u32) -> Result<Option<PwEntry>, String> {
         .map(pw_entry))
 }
 
+/// A group's name by gid, `Ok(None)` if there is none.
+pub fn group_by_gid(gid: u32) -> Result<Option<String>, String> {
+    if FILES_ONLY {
+        let text = std::fs::read_to_string(GROUP).unwrap_or_default();
+        return Ok(parse_group(&text)
+            .into_iter()
+            .find(|g| g.gid == gid)
+            .map(|g| g.name));
+    }
+    Ok(Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name))
+}
+
 /// A group's gid by name, `Ok(None)` if there is none.
 pub fn group_by_name(name: &str) -> Result<Option<u32>, String> {
     if FILES_ONLY {

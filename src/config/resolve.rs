@@ -24,6 +24,8 @@ pub const DEFAULT_BACKLOG: i32 = 4096;
 pub struct Resolver {
     services_db: Option<Vec<(String, u16, String)>>,
     services_path: PathBuf,
+    /// Users allocated for `DynamicUser=` units in this load (name, uid).
+    dynamic: Vec<(String, u32)>,
 }
 
 impl Default for Resolver {
@@ -37,6 +39,7 @@ impl Resolver {
         Resolver {
             services_db: None,
             services_path: PathBuf::from("/etc/services"),
+            dynamic: Vec::new(),
         }
     }
 
@@ -50,14 +53,30 @@ impl Resolver {
         let origin = &raw.origin;
 
         let mut endpoints = Vec::new();
-        for bind in &raw.binds {
-            match self.endpoints(raw, bind) {
+        for (i, bind) in raw.binds.iter().enumerate() {
+            let ty = raw.bind_types.get(i).copied().unwrap_or(raw.sock_type);
+            match self.endpoints(raw, bind, ty) {
                 Ok(mut e) => endpoints.append(&mut e),
                 Err(m) => errors.push(ConfigError::new(origin, Some("service"), m)),
             }
         }
 
-        let creds = match &raw.user {
+        let dynamic = raw.unit.as_ref().is_some_and(|u| u.dynamic_user);
+        let static_user = raw
+            .user
+            .as_ref()
+            .filter(|u| !dynamic || resolve_creds(u, None).is_ok());
+        let creds = match static_user {
+            None if dynamic => {
+                let name = raw.user.clone().unwrap_or_else(|| raw.name.clone());
+                match self.dynamic_user(&name) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        errors.push(ConfigError::new(origin, Some("DynamicUser"), m));
+                        None
+                    }
+                }
+            }
             Some(user) => match resolve_creds(user, raw.group.as_deref()) {
                 Ok(mut c) => {
                     if !raw.init_groups {
@@ -201,10 +220,22 @@ impl Resolver {
             ));
         }
         let mut exec = raw.exec.clone();
+        let mut unit = raw.unit.clone();
         for (file, optional) in &raw.env_files {
             match super::read_text_bounded(Path::new(file)) {
                 Ok(text) => exec.set_env.extend(parse_env_file(&text)),
                 Err(e) if *optional && e.kind() == std::io::ErrorKind::NotFound => {}
+                // Missing now: as under systemd, which reads it at each
+                // start, every start fails until it is there (a reload
+                // reads it again); the configuration still loads.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let why = format!("environment file {file}: {e}");
+                    warnings.push(format!(
+                        "{origin}: {}: {why}; starts will fail until it exists",
+                        raw.name
+                    ));
+                    unit.get_or_insert_with(Default::default).env_missing = Some(why);
+                }
                 Err(e) => errors.push(ConfigError::new(
                     origin,
                     Some("environment file"),
@@ -273,6 +304,16 @@ impl Resolver {
                 "allow-uid= and allow-gid= apply to unix sockets (SO_PEERCRED); for IP sockets use allow= and deny=",
             ));
         }
+        if let Some(u) = unit.as_mut() {
+            self.unit_exec(
+                u,
+                &exec,
+                dynamic && static_user.is_none(),
+                &raw.name,
+                origin,
+                &mut warnings,
+            );
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -320,13 +361,111 @@ impl Resolver {
             refusal: raw.refusal.clone(),
             tcpmux: raw.tcpmux.clone(),
             proxy,
+            unit,
         };
         Ok((svc, warnings))
     }
 
-    fn endpoints(&mut self, raw: &RawService, bind: &RawBind) -> Result<Vec<Endpoint>, String> {
+    /// A unit's commands (expanded like `ExecStart=`, checked like it),
+    /// and what `DynamicUser=` implies (systemd.exec(5)): a read-only
+    /// system and home, a private /tmp, no new privileges, no set-id files,
+    /// its directories writable.
+    fn unit_exec(
+        &mut self,
+        u: &mut super::UnitExec,
+        exec: &super::ExecSpec,
+        dynamic: bool,
+        name: &str,
+        origin: &crate::error::Origin,
+        warnings: &mut Vec<String>,
+    ) {
+        use super::sandbox::{ProtectHome, ProtectSystem, SandboxPath};
+        for c in u.pre.iter_mut().chain(u.post.iter_mut()) {
+            if c.expand {
+                c.program = PathBuf::from(expand_env_word(
+                    &c.program.display().to_string(),
+                    &exec.set_env,
+                ));
+                c.argv = expand_argv(&c.argv, &exec.set_env);
+            }
+            if !is_executable(&c.program) {
+                warnings.push(format!(
+                    "{origin}: {name}: {} is not an executable file (yet); starts will fail until it is",
+                    c.program.display()
+                ));
+            }
+        }
+        if dynamic {
+            u.dynamic_user = true;
+            let sb = &mut u.sandbox;
+            sb.protect_system = ProtectSystem::Strict;
+            if sb.protect_home == ProtectHome::No {
+                sb.protect_home = ProtectHome::ReadOnly;
+            }
+            sb.private_tmp = true;
+            sb.no_new_privileges = true;
+            sb.restrict_suid_sgid = true;
+        }
+        if u.sandbox.protect_system == ProtectSystem::Strict {
+            // The unit's own directories stay writable, as in systemd.
+            for d in &u.dirs {
+                if d.var != "CONFIGURATION_DIRECTORY" {
+                    u.sandbox.read_write.push(SandboxPath {
+                        path: d.path.clone(),
+                        optional: true,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A user for a `DynamicUser=` unit, as systemd allocates one: a uid
+    /// in 61184-65519 chosen from a hash of the name, used by no user or
+    /// group on the system nor by another unit of this configuration; the
+    /// group has the same number; home `/`, no login shell.
+    fn dynamic_user(&mut self, name: &str) -> Result<Creds, String> {
+        const FIRST: u32 = 61184;
+        const LAST: u32 = 65519;
+        let span = LAST - FIRST + 1;
+        let uid = match self.dynamic.iter().find(|(n, _)| n == name) {
+            Some(&(_, uid)) => uid,
+            None => {
+                // FNV-1a: stable across runs, so a unit keeps its uid.
+                let mut h: u32 = 0x811c_9dc5;
+                for b in name.bytes() {
+                    h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+                }
+                let free = |uid: u32| {
+                    passwd::user_by_uid(uid).ok().flatten().is_none()
+                        && passwd::group_by_gid(uid).ok().flatten().is_none()
+                        && !self.dynamic.iter().any(|&(_, u)| u == uid)
+                };
+                let uid = (0..span)
+                    .map(|i| FIRST + (h.wrapping_add(i)) % span)
+                    .find(|&u| free(u))
+                    .ok_or("no free uid in 61184-65519 for a dynamic user")?;
+                self.dynamic.push((name.to_string(), uid));
+                uid
+            }
+        };
+        Ok(Creds {
+            user: name.to_string(),
+            uid,
+            gid: uid,
+            groups: vec![uid],
+            home: "/".into(),
+            shell: "/usr/sbin/nologin".into(),
+        })
+    }
+
+    fn endpoints(
+        &mut self,
+        raw: &RawService,
+        bind: &RawBind,
+        sock_type: SockType,
+    ) -> Result<Vec<Endpoint>, String> {
         let base = Endpoint {
-            sock_type: raw.sock_type,
+            sock_type,
             addr: Address::Unix(PathBuf::new()),
             v6only: false,
             optional: false,
@@ -363,7 +502,7 @@ impl Resolver {
             }
             RawBind::Inet { host, port, family } => (host, port, *family),
         };
-        let proto = if raw.sock_type == SockType::Dgram {
+        let proto = if sock_type == SockType::Dgram {
             "udp"
         } else {
             "tcp"

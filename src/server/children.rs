@@ -133,6 +133,21 @@ impl Server {
         let alone = self.children.is_empty();
         let rt = &mut self.services[s];
         let image = image_of(&mut rt.image, &rt.svc, &self.base_env, &self.reset_signals);
+        // What a unit needs before each start: its environment file, its
+        // sandbox, its directories. Without them the start fails, logged,
+        // as under systemd, and counts towards the crash-loop guard.
+        let unmet = image
+            .broken
+            .clone()
+            .or_else(|| rt.svc.unit.as_ref().and_then(|u| u.env_missing.clone()))
+            .or_else(|| make_dirs(&rt.svc).err());
+        if let Some(why) = unmet {
+            error!("{}: cannot start: {why} (peer={shown})", rt.svc.label());
+            self.metrics.service(&rt.label).spawn_failures += 1;
+            rt.counters.release(tracked);
+            self.crash_check(s, true, Duration::ZERO, &why, now);
+            return None;
+        }
         let mut launch = Launch::new(image, socket, listen, peer, self.devnull.as_raw_fd());
         let result = spawn::spawn(&mut launch, alone);
         drop(launch);
@@ -249,6 +264,9 @@ impl Server {
             }
             if let Some(rt) = self.services.get_mut(s) {
                 rt.counters.release(child.source);
+                if rt.counters.running() == 0 {
+                    remove_dirs(&rt.svc);
+                }
             }
             if let Some(slot) = child.session {
                 self.session_end(slot);
@@ -256,7 +274,10 @@ impl Server {
             if let Some(e) = failed_spawn {
                 self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
             } else if !child.timed_out {
-                let failed = exit.outcome != Outcome::Exited(0);
+                let failed = match self.services.get(s).and_then(|rt| rt.svc.unit.as_deref()) {
+                    Some(u) => !unit_success(u, exit.outcome),
+                    None => exit.outcome != Outcome::Exited(0),
+                };
                 self.crash_check(s, failed, exit.duration, &exit.outcome.to_string(), now);
             }
             if let Some(hold) = &child.wait {
@@ -336,6 +357,72 @@ impl Server {
                 exit.outcome
             );
             self.pause(s, "spin", reason, "-", now + pause, now);
+        }
+    }
+}
+
+/// Whether a unit's handler ended well: status 0, the `-` prefix, its
+/// `SuccessExitStatus=`, or one of the signals systemd.service(5) counts
+/// as a clean end (SIGHUP, SIGINT, SIGTERM, SIGPIPE).
+pub(super) fn unit_success(u: &crate::config::UnitExec, outcome: Outcome) -> bool {
+    match outcome {
+        _ if u.ignore_failure => true,
+        Outcome::Exited(0) => true,
+        Outcome::Exited(c) => u.success_status.contains(&c),
+        Outcome::Signaled(sig, _) => {
+            [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&sig)
+                || u.success_signals.contains(&sig)
+        }
+    }
+}
+
+/// A unit's directories (`RuntimeDirectory=` & co), made before a start
+/// if missing, with the unit's mode, owned by its user (the
+/// configuration directory by root), as systemd.exec(5) says.
+pub(super) fn make_dirs(svc: &Service) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(u) = svc.unit.as_deref() else {
+        return Ok(());
+    };
+    let root = nix::unistd::geteuid().is_root();
+    for d in &u.dirs {
+        let p = &d.path;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(d.mode)
+            .create(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let meta = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{}: not a directory", p.display()));
+        }
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(d.mode))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        if root && d.var != "CONFIGURATION_DIRECTORY" {
+            if let Some(c) = &svc.creds {
+                nix::unistd::fchownat(
+                    None,
+                    p,
+                    Some(nix::unistd::Uid::from_raw(c.uid)),
+                    Some(nix::unistd::Gid::from_raw(c.gid)),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| format!("{}: chown: {e}", p.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the directories that go when the last handler has exited
+/// (`RuntimeDirectory=`, unless `RuntimeDirectoryPreserve=`).
+pub(super) fn remove_dirs(svc: &Service) {
+    let Some(u) = svc.unit.as_deref() else { return };
+    for d in u.dirs.iter().filter(|d| d.remove) {
+        match std::fs::remove_dir_all(&d.path) {
+            Ok(()) => debug!("{}: removed {}", svc.label(), d.path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("{}: remove {}: {e}", svc.label(), d.path.display()),
         }
     }
 }

@@ -254,6 +254,12 @@ pub struct Image {
     umask: Option<libc::mode_t>,
     nice: Option<c_int>,
     rlimits: Vec<(c_int, u64, u64)>,
+    /// The unit's executor runs first (see `crate::executor`): doorman's
+    /// log goes to the fd after the sockets.
+    executor: bool,
+    /// Why this service cannot start now (its sandbox cannot be made
+    /// here); every start fails with it, logged.
+    pub broken: Option<String>,
     /// Per-connection buffers, reused by every [`Launch`] of this image.
     scratch: std::cell::RefCell<Scratch>,
 }
@@ -267,7 +273,25 @@ impl Image {
             Handler::Exec { program, argv } => (program, argv),
             Handler::Internal(_) => (&empty.0, &empty.1),
         };
-        let path = CString::new(program.as_os_str().as_bytes()).unwrap_or_default();
+        let unit = svc.unit.as_deref();
+        let mut broken = None;
+        let executor = unit.filter(|u| needs_executor(u)).map(|u| {
+            executor_argv(svc, u).unwrap_or_else(|e| {
+                broken = Some(e);
+                Vec::new()
+            })
+        });
+        let main_argv: Vec<String>;
+        let (path, argv) = match &executor {
+            Some(args) => {
+                main_argv = args.clone();
+                (c"/proc/self/exe".to_owned(), &main_argv)
+            }
+            None => (
+                CString::new(program.as_os_str().as_bytes()).unwrap_or_default(),
+                argv,
+            ),
+        };
         let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect();
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|c| c.as_ptr()).collect();
         argv_ptrs.push(ptr::null());
@@ -276,12 +300,22 @@ impl Image {
         // ids fails visibly in setgid or setuid.
         let set_groups = can_set_groups();
         let euid = nix::unistd::geteuid().as_raw();
+        let main_privileges = unit.map(|u| u.privileges).unwrap_or_default();
         let creds = svc
             .creds
             .clone()
             .filter(|c| set_groups || c.uid != euid || c.gid != nix::unistd::getegid().as_raw());
-        let switches_user = creds.as_ref().is_some_and(|c| c.uid != euid);
+        let switches_user = creds.as_ref().is_some_and(|c| c.uid != euid)
+            && main_privileges == crate::config::Privileges::Normal;
+        // The executor switches user itself, per command; `+` and `!` keep
+        // doorman's.
+        let creds = creds
+            .filter(|_| executor.is_none() && main_privileges == crate::config::Privileges::Normal);
         let mut reset_signals = reset_signals.to_vec();
+        if unit.is_some_and(|u| u.ignore_sigpipe) {
+            // IgnoreSIGPIPE=yes (systemd's default): SIGPIPE stays ignored.
+            reset_signals.retain(|&s| s != libc::SIGPIPE);
+        }
         reset_signals.truncate(MAX_SIGNALS);
         let mut rlimits: Vec<(c_int, u64, u64)> = svc
             .exec
@@ -290,8 +324,11 @@ impl Image {
             .map(|r| (r.resource, r.soft, r.hard))
             .collect();
         rlimits.truncate(MAX_RLIMITS);
-        let template = match &svc.handler {
-            Handler::Exec { argv, .. } if argv.iter().any(|a| a.contains(INSTANCE_MARK)) => {
+        let template = match (&executor, &svc.handler) {
+            (Some(args), _) if args.iter().any(|a| a.contains(INSTANCE_MARK)) => Some(args.clone()),
+            (None, Handler::Exec { argv, .. })
+                if argv.iter().any(|a| a.contains(INSTANCE_MARK)) =>
+            {
                 Some(argv.clone())
             }
             _ => None,
@@ -317,9 +354,81 @@ impl Image {
             umask: svc.exec.umask.map(|m| m as libc::mode_t),
             nice: svc.exec.nice,
             rlimits,
+            executor: executor.is_some(),
+            broken,
             scratch: Default::default(),
         }
     }
+}
+
+/// Whether a unit asks for more than the raw child does.
+fn needs_executor(u: &crate::config::UnitExec) -> bool {
+    !u.pre.is_empty()
+        || !u.post.is_empty()
+        || u.notify
+        || u.sandbox.any()
+        || u.oom_score_adjust.is_some()
+        || !u.files.is_empty()
+        || u.nonblocking
+}
+
+/// The executor's argv for unit `u` of `svc`; `Err`: why its sandbox
+/// cannot be made here.
+fn executor_argv(svc: &Service, u: &crate::config::UnitExec) -> Result<Vec<String>, String> {
+    use crate::executor::{Cmd, Spec, ARG0};
+    let cmd = |c: &crate::config::Command| Cmd {
+        program: c.program.clone(),
+        argv: c.argv.clone(),
+        ignore_failure: c.ignore_failure,
+        privileges: c.privileges,
+    };
+    let main = match &svc.handler {
+        Handler::Exec { program, argv } => Some(Cmd {
+            program: program.clone(),
+            argv: argv.clone(),
+            ignore_failure: u.ignore_failure,
+            privileges: u.privileges,
+        }),
+        Handler::Internal(_) => None,
+    };
+    let file = |f: StdFd| match f {
+        StdFd::File(i) => u.files.get(i as usize).cloned(),
+        _ => None,
+    };
+    let spec = Spec {
+        label: svc.label(),
+        json: crate::events::json(),
+        listen_fds: svc.handover.listen_fds,
+        creds: svc.creds.as_ref().map(|c| (c.uid, c.gid, c.groups.clone())),
+        set_groups: can_set_groups(),
+        oom: u.oom_score_adjust,
+        nonblocking: u.nonblocking,
+        stdout: file(svc.handover.stdout),
+        stderr: file(svc.handover.stderr),
+        notify: u.notify.then_some(u.notify_access),
+        sandbox: super::sandbox::prepare(&u.sandbox)?,
+        pre: u.pre.iter().map(cmd).collect(),
+        main,
+        post: u.post.iter().map(cmd).collect(),
+    };
+    let mut args = vec![ARG0.to_string()];
+    args.extend(spec.encode());
+    Ok(args)
+}
+
+/// doorman's log as a handler's executor gets it: a copy of stderr above
+/// the standard fds (close-on-exec in doorman), made once.
+fn log_fd() -> RawFd {
+    static FD: std::sync::OnceLock<RawFd> = std::sync::OnceLock::new();
+    *FD.get_or_init(|| {
+        // SAFETY: fcntl with integer arguments.
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };
+        if fd < 0 {
+            2
+        } else {
+            fd
+        }
+    })
 }
 
 impl Image {
@@ -572,9 +681,15 @@ impl<'a> Launch<'a> {
                 .bytes
                 .resize(at + b"LISTEN_PID=".len() + PID_WIDTH + 1, 0);
         }
+        if image.executor && nlisten < MAX_LISTEN {
+            // doorman's log, right after the sockets, for the executor.
+            fds[nlisten] = log_fd();
+            nlisten += 1;
+        }
         let src = |f: StdFd| match f {
             StdFd::Socket => socket,
-            StdFd::Null => devnull,
+            // The executor opens the file over it.
+            StdFd::Null | StdFd::File(_) => devnull,
             StdFd::Log => 2,
         };
         // stdin cannot be "the log": /dev/null instead.

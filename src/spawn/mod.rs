@@ -21,6 +21,8 @@
 
 pub mod child;
 pub mod image;
+pub mod sandbox;
+pub mod seccomp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

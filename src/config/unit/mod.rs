@@ -22,9 +22,12 @@ use crate::error::{ConfigError, Origin};
 /// until a connection gives the instance its name (see `spawn::image`).
 pub const INSTANCE_MARK: &str = "\u{1}instance\u{1}";
 
+mod condition;
 mod ini;
+mod sandbox;
 mod service;
 mod socket;
+pub mod table;
 mod values;
 
 use ini::{read_unit, Assignment};
@@ -125,12 +128,31 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
     }
     b.socket(&socket);
     b.service(&service);
+    b.unit_sections(&socket);
+    b.unit_sections(&service);
+    // Conditions of both units, as systemd evaluates them when it starts
+    // the socket and then the service.
+    let conditions: Vec<&Assignment> = socket
+        .iter()
+        .chain(service.iter())
+        .filter(|a| a.section == "Unit" && condition_key(&a.key))
+        .collect();
+    let verdict = condition::check(&conditions, &mut b.warnings);
     out.errors.extend(b.errors);
     out.warnings.extend(b.warnings);
-    if out.errors.is_empty() {
-        out.services.push(b.raw);
+    if !out.errors.is_empty() {
+        return out;
+    }
+    match verdict {
+        Ok(()) => out.services.push(b.raw),
+        Err(why) => out.warnings.push(why),
     }
     out
+}
+
+/// `Condition*=` and `Assert*=`.
+fn condition_key(key: &str) -> bool {
+    key.starts_with("Condition") || key.starts_with("Assert")
 }
 
 fn last<'a>(a: &'a [Assignment], section: &str, key: &str) -> Option<&'a Assignment> {
@@ -150,107 +172,178 @@ struct Builder {
     service_file: String,
 }
 
-/// Directives accepted and not applied, because they change nothing that
-/// matters to a socket-activated handler here (documented in doorman.conf(5)).
-const HARMLESS: &[(&str, &str)] = &[
-    ("Socket", "Timestamping"),
-    ("Socket", "PassCredentials"),
-    ("Socket", "PassSecurity"),
-    ("Socket", "PassPacketInfo"),
-    ("Socket", "Priority"),
-    ("Socket", "Mark"),
-    ("Socket", "IPTOS"),
-    ("Socket", "IPTTL"),
-    ("Socket", "DeferAcceptSec"),
-    ("Socket", "KeepAliveTimeSec"),
-    ("Socket", "KeepAliveIntervalSec"),
-    ("Socket", "KeepAliveProbes"),
-    ("Socket", "PipeSize"),
-    ("Service", "Restart"),
-    ("Service", "RestartSec"),
-    ("Service", "RemainAfterExit"),
-    ("Service", "TimeoutStartSec"),
-    ("Service", "SyslogIdentifier"),
-];
-
-/// Directives doorman knows and cannot honour: an error, never ignored.
-const UNSUPPORTED: &[(&str, &str)] = &[
-    ("Socket", "ListenFIFO"),
-    ("Socket", "ListenSpecial"),
-    ("Socket", "ListenNetlink"),
-    ("Socket", "ListenMessageQueue"),
-    ("Socket", "ListenUSBFunction"),
-    ("Socket", "BindToDevice"),
-    ("Socket", "Transparent"),
-    ("Socket", "Broadcast"),
-    ("Socket", "ExecStartPre"),
-    ("Socket", "ExecStartPost"),
-    ("Socket", "ExecStopPre"),
-    ("Socket", "ExecStopPost"),
-    ("Socket", "Writable"),
-    ("Socket", "MessageQueueMaxMessages"),
-    ("Service", "ExecStartPre"),
-    ("Service", "ExecStartPost"),
-    ("Service", "ExecStop"),
-    ("Service", "ExecStopPost"),
-    ("Service", "ExecReload"),
-    ("Service", "RootDirectory"),
-    ("Service", "Sockets"),
-    ("Service", "PrivateTmp"),
-    ("Service", "ProtectSystem"),
-    ("Service", "ProtectHome"),
-    ("Service", "NoNewPrivileges"),
-    ("Socket", "Symlinks"),
-    ("Socket", "SocketProtocol"),
-];
-
 impl Builder {
-    /// Whether `a` is a directive of `section` for the caller to apply.
-    /// `[Unit]` `Description=` is taken here (the socket's first, it is read
-    /// first); other sections are passed over or warned about.
-    fn take(&mut self, a: &Assignment, section: &str, known: &[&str]) -> bool {
-        if a.section == "Unit" && a.key == "Description" {
-            if self.raw.description.is_none() {
-                self.raw.description = Some(a.value.clone());
-            }
-            return false;
-        }
+    /// Whether `a` is a directive of `section` for the caller to apply
+    /// (`table::TABLE` says so); others of that section are dealt with
+    /// here: warned about, refused, or passed over, as the table says.
+    fn take(&mut self, a: &Assignment, section: &str) -> bool {
         if a.section != section {
-            if a.section != "Unit" && a.section != "Install" {
-                self.check_known(a, &[]);
-            }
             return false;
         }
-        self.check_known(a, known)
+        match table::lookup(section, &a.key) {
+            Some(table::Use::Applied) => true,
+            Some(use_) => {
+                self.note(a, use_);
+                false
+            }
+            None => {
+                self.warnings.push(format!(
+                    "{}: unknown directive {}=, ignored",
+                    a.origin, a.key
+                ));
+                false
+            }
+        }
     }
 
-    fn check_known(&mut self, a: &Assignment, known: &[&str]) -> bool {
-        if known.contains(&a.key.as_str()) {
-            return true;
+    fn note(&mut self, a: &Assignment, use_: table::Use) {
+        match use_ {
+            table::Use::Warn(why) => self
+                .warnings
+                .push(format!("{}: {}= is accepted and {why}", a.origin, a.key)),
+            table::Use::Error(hint) => self
+                .errors
+                .push(err(a, format!("is not supported by doorman: {hint}"))),
+            table::Use::Quiet | table::Use::Applied => {}
         }
-        let key = (a.section.as_str(), a.key.as_str());
-        if UNSUPPORTED.contains(&key) {
-            self.errors.push(err(a, "is not supported by doorman"));
-        } else if HARMLESS.contains(&key) {
+    }
+
+    /// `[Unit]` and `[Install]` of one unit file, and sections doorman does
+    /// not know. `Description=` is taken from the first unit that has one
+    /// (the socket, read first); `[Install]` gets one warning per file.
+    fn unit_sections(&mut self, all: &[Assignment]) {
+        let mut install_at = None;
+        let mut unknown: Vec<(String, String)> = Vec::new();
+        for a in all {
+            match a.section.as_str() {
+                "Unit" if condition_key(&a.key) => {}
+                "Unit" => match table::lookup("Unit", &a.key) {
+                    Some(table::Use::Applied) => {
+                        if a.key == "Description" && self.raw.description.is_none() {
+                            self.raw.description = Some(a.value.clone());
+                        }
+                    }
+                    Some(u) => self.note(a, u),
+                    None => self.warnings.push(format!(
+                        "{}: unknown directive {}=, ignored",
+                        a.origin, a.key
+                    )),
+                },
+                "Install" => {
+                    install_at.get_or_insert_with(|| a.origin.clone());
+                }
+                "Socket" | "Service" => {}
+                other => {
+                    let file = a.origin.file.display().to_string();
+                    if !unknown.iter().any(|(f, s)| *f == file && s == other) {
+                        unknown.push((file, other.to_string()));
+                        self.warnings
+                            .push(format!("{}: unknown section [{other}], ignored", a.origin));
+                    }
+                }
+            }
+        }
+        if let Some(at) = install_at {
             self.warnings.push(format!(
-                "{}: {}= is accepted and not applied",
-                a.origin, a.key
-            ));
-        } else if !matches!(
-            a.section.as_str(),
-            "Unit" | "Install" | "Socket" | "Service"
-        ) {
-            self.warnings.push(format!(
-                "{}: unknown section [{}], ignored",
-                a.origin, a.section
-            ));
-        } else if !matches!(a.section.as_str(), "Unit" | "Install") {
-            self.warnings.push(format!(
-                "{}: unknown directive {}=, ignored",
-                a.origin, a.key
+                "{at}: [Install] is accepted and not applied: doorman serves every unit it is given (there is nothing to enable, and no alias)"
             ));
         }
-        false
+    }
+
+    /// Specifiers (systemd.unit(5)): `%i %I %n %N %p %P` (a template's
+    /// instance is known only per connection: `connection`), the system
+    /// manager's directories `%t %S %C %L %E %T %V`, and `%H %l %v %m %b
+    /// %a %o %w %y %Y %%`. `per_connection`: the instance may appear.
+    fn specifiers(&self, w: &str, per_connection: bool) -> Result<String, String> {
+        let template = self.service_file.contains("@.");
+        let prefix = self
+            .service_file
+            .split(['@', '.'])
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let os = |key: &str| {
+            read("/etc/os-release")
+                .lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let mut out = String::new();
+        let mut chars = w.chars();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('%') => out.push('%'),
+                Some('i' | 'I') if template && per_connection => out.push_str(INSTANCE_MARK),
+                Some('i' | 'I') => {}
+                Some('n') if template && per_connection => {
+                    out.push_str(&format!("{prefix}@{INSTANCE_MARK}.service"))
+                }
+                Some('n') => out.push_str(&self.service_file),
+                Some('N') if template && per_connection => {
+                    out.push_str(&format!("{prefix}@{INSTANCE_MARK}"))
+                }
+                Some('N') => out.push_str(self.service_file.trim_end_matches(".service")),
+                Some('p' | 'P') => out.push_str(&prefix),
+                Some('t') => out.push_str("/run"),
+                Some('S') => out.push_str("/var/lib"),
+                Some('C') => out.push_str("/var/cache"),
+                Some('L') => out.push_str("/var/log"),
+                Some('E') => out.push_str("/etc"),
+                Some('T') => out.push_str("/tmp"),
+                Some('V') => out.push_str("/var/tmp"),
+                Some('H') => out.push_str(&read("/proc/sys/kernel/hostname")),
+                Some('l') => out.push_str(
+                    read("/proc/sys/kernel/hostname").split('.').next().unwrap_or(""),
+                ),
+                Some('v') => out.push_str(&read("/proc/sys/kernel/osrelease")),
+                Some('m') => out.push_str(&read("/etc/machine-id")),
+                Some('b') => out.push_str(&read("/proc/sys/kernel/random/boot_id").replace('-', "")),
+                Some('a') => out.push_str(match std::env::consts::ARCH {
+                    "x86_64" => "x86-64",
+                    "aarch64" => "arm64",
+                    a => a,
+                }),
+                Some('o') => out.push_str(&os("ID")),
+                Some('w') => out.push_str(&os("VERSION_ID")),
+                Some('y') => out.push_str(&self.raw.origin.file.display().to_string()),
+                Some('Y') => out.push_str(
+                    &self
+                        .raw
+                        .origin
+                        .file
+                        .parent()
+                        .map_or(String::new(), |d| d.display().to_string()),
+                ),
+                Some(x) => {
+                    return Err(format!(
+                        "specifier %{x} is not supported (known: %i %I %n %N %p %P %t %S %C %L %E %T %V %H %l %v %m %b %a %o %w %y %Y %%)"
+                    ))
+                }
+                None => return Err("a lone % at the end (write %% for a percent sign)".into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The unit's additions to a plain start, made on first use.
+    fn unit(&mut self) -> &mut crate::config::UnitExec {
+        self.raw.unit.get_or_insert_with(|| {
+            Box::new(crate::config::UnitExec {
+                ignore_sigpipe: true,
+                ..Default::default()
+            })
+        })
     }
 }
 

@@ -5,54 +5,106 @@ use super::*;
 
 impl Builder {
     pub(super) fn service(&mut self, all: &[Assignment]) {
-        const KNOWN: &[&str] = &[
-            "ExecStart",
-            "User",
-            "Group",
-            "SupplementaryGroups",
-            "Environment",
-            "EnvironmentFile",
-            "PassEnvironment",
-            "UnsetEnvironment",
-            "WorkingDirectory",
-            "UMask",
-            "Nice",
-            "StandardInput",
-            "StandardOutput",
-            "StandardError",
-            "KillMode",
-            "KillSignal",
-            "TimeoutStopSec",
-            "RuntimeMaxSec",
-            "X-Doorman-Options",
-            "Type",
-            "LimitCPU",
-            "LimitFSIZE",
-            "LimitDATA",
-            "LimitSTACK",
-            "LimitCORE",
-            "LimitRSS",
-            "LimitNOFILE",
-            "LimitAS",
-            "LimitNPROC",
-            "LimitMEMLOCK",
-            "LimitLOCKS",
-            "LimitSIGPENDING",
-            "LimitMSGQUEUE",
-            "LimitNICE",
-            "LimitRTPRIO",
-            "LimitRTTIME",
-        ];
         let mut exec: Vec<&Assignment> = Vec::new();
         let (mut stdin, mut stdout, mut stderr) = (None::<String>, None::<String>, None::<String>);
         let mut env: Vec<(String, String)> = Vec::new();
+        // (variable, base, names) and (variable, mode) of the directories.
+        let mut dirs: Vec<(&'static str, &'static str, Vec<String>)> = Vec::new();
+        let mut dir_modes: Vec<(&'static str, u32)> = Vec::new();
+        let mut preserve_runtime = false;
+        // Every unit carries its defaults (IgnoreSIGPIPE=yes among them).
+        let _ = self.unit();
         for a in all.iter() {
-            if !self.take(a, "Service", KNOWN) {
+            if !self.take(a, "Service") {
                 continue;
             }
             let v = a.value.as_str();
             let r: Result<(), String> = (|| {
+                if self.sandbox(&a.key, v)? {
+                    return Ok(());
+                }
+                if let Some((var, base)) = directory_kind(&a.key) {
+                    let names: Vec<String> = split_words(v)?
+                        .into_iter()
+                        .map(|n| n.split(':').next().unwrap_or("").to_string())
+                        .collect();
+                    for n in &names {
+                        if n.is_empty()
+                            || n.starts_with('/')
+                            || n.split('/').any(|c| c == ".." || c == ".")
+                        {
+                            return Err(format!("{n:?} must be a relative path below {base}"));
+                        }
+                    }
+                    match dirs.iter_mut().find(|(vv, _, _)| *vv == var) {
+                        Some(d) if v.is_empty() => d.2.clear(),
+                        Some(d) => d.2.extend(names),
+                        None => dirs.push((var, base, names)),
+                    }
+                    return Ok(());
+                }
+                if let Some(var) = a
+                    .key
+                    .strip_suffix("Mode")
+                    .and_then(directory_kind)
+                    .map(|(v, _)| v)
+                {
+                    dir_modes.retain(|(vv, _)| *vv != var);
+                    dir_modes.push((var, parse_mode(v)?));
+                    return Ok(());
+                }
                 match a.key.as_str() {
+                    "ExecStartPre" | "ExecStartPost" => {
+                        let post = a.key == "ExecStartPost";
+                        if v.is_empty() {
+                            let u = self.unit();
+                            if post { u.post.clear() } else { u.pre.clear() }
+                        } else {
+                            let c = self.command(v)?;
+                            let u = self.unit();
+                            if post { u.post.push(c) } else { u.pre.push(c) }
+                        }
+                    }
+                    "NotifyAccess" => {
+                        use crate::config::NotifyAccess;
+                        self.unit().notify_access = match v {
+                            "none" => NotifyAccess::None,
+                            "main" => NotifyAccess::Main,
+                            "exec" => NotifyAccess::Exec,
+                            "all" => NotifyAccess::All,
+                            _ => return Err("expected none, main, exec or all".into()),
+                        }
+                    }
+                    "DynamicUser" => self.unit().dynamic_user = parse_bool(v)?,
+                    "OOMScoreAdjust" => {
+                        let n: i32 = v.parse().map_err(|_| format!("{v:?} is not a number"))?;
+                        if !(-1000..=1000).contains(&n) {
+                            return Err("expected -1000 to 1000".into());
+                        }
+                        self.unit().oom_score_adjust = Some(n);
+                    }
+                    "IgnoreSIGPIPE" => self.unit().ignore_sigpipe = parse_bool(v)?,
+                    "NonBlocking" => self.unit().nonblocking = parse_bool(v)?,
+                    "SuccessExitStatus" => {
+                        let u = self.unit();
+                        if v.is_empty() {
+                            u.success_status.clear();
+                            u.success_signals.clear();
+                        }
+                        for w in v.split_whitespace() {
+                            match w.parse::<i32>() {
+                                Ok(n) if (0..=255).contains(&n) => u.success_status.push(n),
+                                Ok(_) => return Err(format!("{w}: exit statuses are 0 to 255")),
+                                Err(_) => u.success_signals.push(parse_signal(w)?),
+                            }
+                        }
+                    }
+                    "RuntimeDirectoryPreserve" => {
+                        preserve_runtime = match v {
+                            "restart" => false,
+                            _ => parse_bool(v)?,
+                        }
+                    }
                     "ExecStart" => {
                         if v.is_empty() {
                             exec.clear();
@@ -144,15 +196,20 @@ impl Builder {
                     }
                     "X-Doorman-Options" => options::apply_words(&mut self.raw, v.split_whitespace())?,
                     "Type" => match v {
-                        "simple" | "exec" | "oneshot" => {}
-                        "notify" | "notify-reload" | "forking" | "dbus" | "idle" => self.warnings.push(format!(
-                            "{}: Type={v} is run as Type=simple (doorman does not wait for readiness)",
+                        "simple" | "exec" | "oneshot" | "idle" | "forking" => {
+                            if let Some(u) = self.raw.unit.as_mut() {
+                                u.notify = false;
+                            }
+                        }
+                        "notify" | "notify-reload" => self.unit().notify = true,
+                        "dbus" => self.warnings.push(format!(
+                            "{}: Type=dbus is run as Type=simple (doorman does not watch D-Bus names)",
                             a.origin
                         )),
                         _ => return Err(format!("unknown service type {v:?}")),
                     },
                     k => {
-                        let res = rlimit_resource(k).expect("listed in KNOWN");
+                        let res = rlimit_resource(k).ok_or_else(|| format!("{k}= is not a resource limit"))?;
                         self.raw.exec.rlimits.retain(|r| r.resource != res);
                         let (soft, hard) = parse_rlimit(v, k)?;
                         self.raw.exec.rlimits.push(Rlimit { resource: res, soft, hard });
@@ -165,6 +222,37 @@ impl Builder {
             }
         }
         self.raw.exec.set_env = env;
+        for (var, base, names) in dirs {
+            let mode = dir_modes
+                .iter()
+                .find(|(v, _)| *v == var)
+                .map_or(0o755, |&(_, m)| m);
+            let remove = var == "RUNTIME_DIRECTORY" && !preserve_runtime;
+            let u = self.unit();
+            for n in names {
+                u.dirs.push(crate::config::ServiceDir {
+                    var,
+                    path: Path::new(base).join(n),
+                    mode,
+                    remove,
+                });
+            }
+        }
+        // $RUNTIME_DIRECTORY & co: the directories, ':'-separated.
+        if let Some(u) = self.raw.unit.as_deref() {
+            let mut vars: Vec<(String, String)> = Vec::new();
+            for d in &u.dirs {
+                let p = d.path.display().to_string();
+                match vars.iter_mut().find(|(k, _)| k == d.var) {
+                    Some((_, v)) => {
+                        v.push(':');
+                        v.push_str(&p);
+                    }
+                    None => vars.push((d.var.to_string(), p)),
+                }
+            }
+            self.raw.exec.set_env.extend(vars);
+        }
         self.handover(stdin, stdout, stderr);
         match exec.as_slice() {
             [] => self.errors.push(ConfigError::new(
@@ -194,7 +282,7 @@ impl Builder {
                 &origin,
                 Some(what),
                 format!(
-                    "{v:?} is not supported (socket, null, inherit, journal, syslog, kmsg, tty)"
+                    "{v:?} is not supported (socket, null, inherit, journal, syslog, kmsg, tty, file:PATH, append:PATH, truncate:PATH)"
                 ),
             ));
             StdFd::Null
@@ -204,7 +292,44 @@ impl Builder {
             Some("socket") => StdFd::Socket,
             Some(v) => bad("StandardInput", v),
         };
-        let out = |v: Option<&str>, inherit: StdFd, default: StdFd| -> Result<StdFd, String> {
+        // file:, append:, truncate: paths, in the order they appear.
+        let mut files: Vec<(PathBuf, crate::config::FileMode)> = Vec::new();
+        let mut file_fd = |v: &str| -> Option<StdFd> {
+            use crate::config::FileMode;
+            let (mode, path) = if let Some(p) = v.strip_prefix("file:") {
+                (FileMode::Write, p)
+            } else if let Some(p) = v.strip_prefix("append:") {
+                (FileMode::Append, p)
+            } else if let Some(p) = v.strip_prefix("truncate:") {
+                (FileMode::Truncate, p)
+            } else {
+                return None;
+            };
+            if !path.starts_with('/') {
+                return None;
+            }
+            let i = match files
+                .iter()
+                .position(|(p, m)| p == Path::new(path) && *m == mode)
+            {
+                Some(i) => i,
+                None => {
+                    files.push((PathBuf::from(path), mode));
+                    files.len() - 1
+                }
+            };
+            Some(StdFd::File(i as u8))
+        };
+        let stdout_file = stdout.as_deref().and_then(&mut file_fd);
+        let stderr_file = stderr.as_deref().and_then(&mut file_fd);
+        let out = |v: Option<&str>,
+                   file: Option<StdFd>,
+                   inherit: StdFd,
+                   default: StdFd|
+         -> Result<StdFd, String> {
+            if let Some(f) = file {
+                return Ok(f);
+            }
             Ok(match v {
                 None => default,
                 Some("inherit") => inherit,
@@ -225,11 +350,11 @@ impl Builder {
         } else {
             StdFd::Log
         };
-        let stdout_fd = match out(stdout.as_deref(), stdin_fd, stdout_default) {
+        let stdout_fd = match out(stdout.as_deref(), stdout_file, stdin_fd, stdout_default) {
             Ok(f) => f,
             Err(v) => bad("StandardOutput", &v),
         };
-        let stderr_fd = match out(stderr.as_deref(), stdout_fd, stdout_fd) {
+        let stderr_fd = match out(stderr.as_deref(), stderr_file, stdout_fd, stdout_fd) {
             Ok(f) => f,
             Err(v) => bad("StandardError", &v),
         };
@@ -247,36 +372,40 @@ impl Builder {
             ));
         }
         self.raw.handover = h;
+        if !files.is_empty() {
+            self.unit().files = files;
+        }
     }
 
-    /// `ExecStart=[-@:+!]path args...` with quoting and specifiers.
-    fn exec_start(&mut self, a: &Assignment) -> Result<(), String> {
-        let mut v = a.value.as_str();
+    /// A command line `[-@:+!]path args...` with quoting and specifiers
+    /// (`ExecStart=`, `ExecStartPre=`, `ExecStartPost=`).
+    fn command(&self, value: &str) -> Result<crate::config::Command, String> {
+        use crate::config::Privileges;
+        let mut v = value;
         let mut at = false;
         let mut no_expand = false;
+        let mut ignore_failure = false;
+        let mut privileges = Privileges::Normal;
         while let Some(c) = v.chars().next() {
             match c {
-                '-' => v = &v[1..],
-                ':' => {
-                    no_expand = true;
-                    v = &v[1..];
+                '-' => ignore_failure = true,
+                ':' => no_expand = true,
+                '@' => at = true,
+                '+' => privileges = Privileges::Full,
+                '!' => {
+                    if privileges == Privileges::Normal {
+                        privileges = Privileges::KeepIds;
+                    }
                 }
-                '@' => {
-                    at = true;
-                    v = &v[1..];
-                }
-                '+' | '!' => {
-                    return Err(format!(
-                        "the {c:?} prefix (privileged execution) is not supported"
-                    ))
-                }
+                '|' => return Err("the | prefix (a shell command line) is not supported".into()),
                 _ => break,
             }
+            v = &v[1..];
         }
         let words = split_words(v)?;
         let words: Vec<String> = words
             .iter()
-            .map(|w| self.specifiers(w))
+            .map(|w| self.specifiers(w, true))
             .collect::<Result<_, _>>()?;
         let Some(program) = words.first() else {
             return Err("empty command".into());
@@ -292,47 +421,40 @@ impl Builder {
         } else {
             words.clone()
         };
-        self.raw.program = program.clone();
-        self.raw.argv = argv;
-        // `${VAR}`/`$VAR` are expanded by resolve, once EnvironmentFile=
-        // has been read.
-        self.raw.expand_env = !no_expand;
-        Ok(())
+        Ok(crate::config::Command {
+            program: program.into(),
+            argv,
+            ignore_failure,
+            privileges,
+            expand: !no_expand,
+        })
     }
 
-    /// `%i %n %N %p %%` (and `%I`, `%P` unescaped the same way here).
-    fn specifiers(&self, w: &str) -> Result<String, String> {
-        let template = self.service_file.contains("@.");
-        let prefix = self
-            .service_file
-            .split(['@', '.'])
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let mut out = String::new();
-        let mut chars = w.chars();
-        while let Some(c) = chars.next() {
-            if c != '%' {
-                out.push(c);
-                continue;
-            }
-            match chars.next() {
-                Some('%') => out.push('%'),
-                Some('i' | 'I') if template => out.push_str(INSTANCE_MARK),
-                Some('i' | 'I') => {}
-                Some('n') if template => out.push_str(&format!("{prefix}@{INSTANCE_MARK}.service")),
-                Some('n') => out.push_str(&self.service_file),
-                Some('N') if template => out.push_str(&format!("{prefix}@{INSTANCE_MARK}")),
-                Some('N') => out.push_str(self.service_file.trim_end_matches(".service")),
-                Some('p' | 'P') => out.push_str(&prefix),
-                Some(x) => {
-                    return Err(format!(
-                        "specifier %{x} is not supported (known: %i %I %n %N %p %P %%)"
-                    ))
-                }
-                None => return Err("a lone % at the end (write %% for a percent sign)".into()),
-            }
+    /// `ExecStart=`: the main program.
+    fn exec_start(&mut self, a: &Assignment) -> Result<(), String> {
+        let c = self.command(&a.value)?;
+        self.raw.program = c.program.display().to_string();
+        self.raw.argv = c.argv;
+        // `${VAR}`/`$VAR` are expanded by resolve, once EnvironmentFile=
+        // has been read.
+        self.raw.expand_env = c.expand;
+        if c.privileges != crate::config::Privileges::Normal || c.ignore_failure {
+            let u = self.unit();
+            u.privileges = c.privileges;
+            u.ignore_failure = c.ignore_failure;
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// The variable and base directory of `RuntimeDirectory=` & co.
+fn directory_kind(key: &str) -> Option<(&'static str, &'static str)> {
+    Some(match key {
+        "RuntimeDirectory" => ("RUNTIME_DIRECTORY", "/run"),
+        "StateDirectory" => ("STATE_DIRECTORY", "/var/lib"),
+        "CacheDirectory" => ("CACHE_DIRECTORY", "/var/cache"),
+        "LogsDirectory" => ("LOGS_DIRECTORY", "/var/log"),
+        "ConfigurationDirectory" => ("CONFIGURATION_DIRECTORY", "/etc"),
+        _ => return None,
+    })
 }

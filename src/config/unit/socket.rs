@@ -4,37 +4,6 @@ use super::*;
 
 impl Builder {
     pub(super) fn socket(&mut self, all: &[Assignment]) {
-        const KNOWN: &[&str] = &[
-            "ListenStream",
-            "ListenDatagram",
-            "ListenSequentialPacket",
-            "Accept",
-            "Service",
-            "MaxConnections",
-            "MaxConnectionsPerSource",
-            "Backlog",
-            "BindIPv6Only",
-            "ReusePort",
-            "FreeBind",
-            "KeepAlive",
-            "NoDelay",
-            "ReceiveBuffer",
-            "SendBuffer",
-            "SocketUser",
-            "SocketGroup",
-            "SocketMode",
-            "DirectoryMode",
-            "RemoveOnStop",
-            "FileDescriptorName",
-            "TriggerLimitIntervalSec",
-            "TriggerLimitBurst",
-            "PollLimitIntervalSec",
-            "PollLimitBurst",
-            "IPAddressAllow",
-            "IPAddressDeny",
-            "Description",
-            "X-Doorman-Options",
-        ];
         let (mut ip_allow, mut ip_deny) = (Vec::new(), Vec::new());
         let mut late_options: Vec<String> = Vec::new();
         let mut allow_at = None;
@@ -45,7 +14,7 @@ impl Builder {
         let mut poll = (Duration::from_secs(2), None::<u32>);
         let mut bind_v6 = None;
         for a in all.iter() {
-            if !self.take(a, "Socket", KNOWN) {
+            if !self.take(a, "Socket") {
                 continue;
             }
             let v = a.value.as_str();
@@ -72,11 +41,14 @@ impl Builder {
                             Some(i32::try_from(parse_u32(v)?).map_err(|_| "too large")?)
                     }
                     "BindIPv6Only" => {
+                        // systemd also takes a boolean: true is ipv6-only.
                         bind_v6 = match v {
                             "default" => None,
                             "both" => Some(false),
                             "ipv6-only" => Some(true),
-                            _ => return Err("expected default, both or ipv6-only".into()),
+                            _ => Some(parse_bool(v).map_err(|_| {
+                                "expected default, both, ipv6-only or a boolean".to_string()
+                            })?),
                         }
                     }
                     "ReusePort" => self.raw.sock_opts.reuseport = parse_bool(v)?,
@@ -159,15 +131,26 @@ impl Builder {
         let ty = listens[0].0;
         self.raw.sock_type = ty;
         self.raw.v6only = bind_v6;
+        let mixed = listens.iter().any(|(t, _)| *t != ty);
         for (t, a) in &listens {
-            if *t != ty {
+            if mixed && self.raw.mode == Mode::Accept {
                 self.errors.push(err(
                     a,
-                    "all Listen*= of one unit must be of the same socket type here",
+                    "with Accept=yes all Listen*= of one unit must be of the same socket type",
                 ));
                 continue;
             }
-            match parse_listen_address(&a.value, ty) {
+            let value = match self.specifiers(&a.value, false) {
+                Ok(v) => v,
+                Err(m) => {
+                    self.errors.push(err(a, m));
+                    continue;
+                }
+            };
+            if mixed {
+                self.raw.bind_types.push(*t);
+            }
+            match parse_listen_address(&value, *t) {
                 Ok(RawBind::Unix { path, .. }) => self.raw.binds.push(RawBind::Unix {
                     path,
                     owner: sock_user.clone(),
