@@ -94,7 +94,11 @@ pub struct RawService {
     pub exec: ExecSpec,
     /// `KEY=VALUE` files read at load time (systemd `EnvironmentFile=`);
     /// `true`: a missing file is not an error (the `-` prefix).
-    pub env_files: Vec<(String, bool)>,
+    /// (file, `-` optional, where it is named).
+    pub env_files: Vec<(String, bool, Option<Origin>)>,
+    /// Where the program is named (a unit's `ExecStart=` line), for
+    /// warnings about it.
+    pub program_origin: Option<Origin>,
     pub stop: StopSpec,
     /// Expand `${VAR}` and `$VAR` in program and argv from the service's
     /// environment, as systemd does for `ExecStart=`.
@@ -151,6 +155,7 @@ impl RawService {
                 ..ExecSpec::default()
             },
             env_files: Vec::new(),
+            program_origin: None,
             stop: StopSpec::default(),
             expand_env: false,
             allow: Vec::new(),

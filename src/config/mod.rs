@@ -206,6 +206,8 @@ pub struct Command {
     pub privileges: Privileges,
     /// Expand `$VAR`/`${VAR}` from the unit's environment (no `:` prefix).
     pub expand: bool,
+    /// Where it is named, for warnings about it.
+    pub origin: Option<crate::error::Origin>,
 }
 
 /// A directory made for a unit before it starts (`RuntimeDirectory=` &

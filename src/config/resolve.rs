@@ -195,8 +195,9 @@ impl Resolver {
             }
         };
         if errors.is_empty() && !raw.internal && !is_executable(&program) {
+            let named = raw.program_origin.as_ref().unwrap_or(origin);
             warnings.push(format!(
-                "{origin}: {}: {} is not an executable file (yet); connections will fail until it is",
+                "{named}: {}: {} is not an executable file (yet); connections will fail until it is",
                 raw.name,
                 program.display()
             ));
@@ -221,7 +222,8 @@ impl Resolver {
         }
         let mut exec = raw.exec.clone();
         let mut unit = raw.unit.clone();
-        for (file, optional) in &raw.env_files {
+        for (file, optional, named) in &raw.env_files {
+            let named = named.as_ref().unwrap_or(origin);
             match super::read_text_bounded(Path::new(file)) {
                 Ok(text) => exec.set_env.extend(parse_env_file(&text)),
                 Err(e) if *optional && e.kind() == std::io::ErrorKind::NotFound => {}
@@ -231,14 +233,14 @@ impl Resolver {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let why = format!("environment file {file}: {e}");
                     warnings.push(format!(
-                        "{origin}: {}: {why}; starts will fail until it exists",
+                        "{named}: EnvironmentFile=: {}: {why}; starts will fail until it exists",
                         raw.name
                     ));
                     unit.get_or_insert_with(Default::default).env_missing = Some(why);
                 }
                 Err(e) => errors.push(ConfigError::new(
                     origin,
-                    Some("environment file"),
+                    Some("EnvironmentFile"),
                     format!("{file}: {e}"),
                 )),
             }
@@ -389,8 +391,9 @@ impl Resolver {
                 c.argv = expand_argv(&c.argv, &exec.set_env);
             }
             if !is_executable(&c.program) {
+                let named = c.origin.as_ref().unwrap_or(origin);
                 warnings.push(format!(
-                    "{origin}: {name}: {} is not an executable file (yet); starts will fail until it is",
+                    "{named}: {name}: {} is not an executable file (yet); starts will fail until it is",
                     c.program.display()
                 ));
             }

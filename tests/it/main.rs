@@ -13,6 +13,7 @@ mod nowait;
 mod package;
 mod protect;
 mod security;
+mod shipped;
 mod units;
 mod unix;
 mod util;

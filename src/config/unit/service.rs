@@ -60,7 +60,8 @@ impl Builder {
                             let u = self.unit();
                             if post { u.post.clear() } else { u.pre.clear() }
                         } else {
-                            let c = self.command(v)?;
+                            let mut c = self.command(v)?;
+                            c.origin = Some(a.origin.clone());
                             let u = self.unit();
                             if post { u.post.push(c) } else { u.pre.push(c) }
                         }
@@ -154,7 +155,7 @@ impl Builder {
                                 Some(f) => (true, f),
                                 None => (false, v),
                             };
-                            self.raw.env_files.push((f.to_string(), optional));
+                            self.raw.env_files.push((f.to_string(), optional, Some(a.origin.clone())));
                         }
                     }
                     "WorkingDirectory" => {
@@ -427,12 +428,14 @@ impl Builder {
             ignore_failure,
             privileges,
             expand: !no_expand,
+            origin: None,
         })
     }
 
     /// `ExecStart=`: the main program.
     fn exec_start(&mut self, a: &Assignment) -> Result<(), String> {
         let c = self.command(&a.value)?;
+        self.raw.program_origin = Some(a.origin.clone());
         self.raw.program = c.program.display().to_string();
         self.raw.argv = c.argv;
         // `${VAR}`/`$VAR` are expanded by resolve, once EnvironmentFile=
