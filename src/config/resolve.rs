@@ -604,26 +604,49 @@ pub fn expand_argv(argv: &[String], env: &[(String, String)]) -> Vec<String> {
     out
 }
 
-/// `${VAR}` replaced anywhere in `w`.
+/// `${VAR}` replaced anywhere in `w`, and `$$` by a literal `$`
+/// (systemd.service(5), Command lines).
 fn expand_env_word(w: &str, env: &[(String, String)]) -> String {
     let mut out = String::new();
     let mut rest = w;
-    while let Some(i) = rest.find("${") {
-        let Some(end) = rest[i + 2..].find('}') else {
-            break;
-        };
+    while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
-        let name = &rest[i + 2..i + 2 + end];
-        out.push_str(
-            env.iter()
-                .rev()
-                .find(|(n, _)| n == name)
-                .map_or("", |(_, v)| v),
-        );
-        rest = &rest[i + 3 + end..];
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(end) = after.strip_prefix('{').and_then(|a| a.find('}')) {
+            let name = &after[1..1 + end];
+            out.push_str(
+                env.iter()
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .map_or("", |(_, v)| v),
+            );
+            rest = &after[2 + end..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::*;
+
+    #[test]
+    fn dollars_and_braces() {
+        let env = vec![("A".to_string(), "x y".to_string())];
+        assert_eq!(expand_env_word("$${A}-${A}-$A-$", &env), "${A}-x y-$A-$");
+        assert_eq!(expand_env_word("echo $$(id -u)", &env), "echo $(id -u)");
+        assert_eq!(
+            expand_argv(&["$A".into(), "${B}z".into()], &env),
+            vec!["x", "y", "z"]
+        );
+    }
 }
 
 /// An environment file (systemd `EnvironmentFile=`): `KEY=VALUE` lines,

@@ -570,3 +570,213 @@ done
     assert_eq!(active + inactive, c.units.len(), "{out}");
     assert!(report.is_empty(), "{}", report.join("\n---\n"));
 }
+
+#[test]
+fn debian_uuidd_runs_in_its_sandbox() {
+    if !is_root() || !Path::new("/usr/sbin/uuidd").exists() {
+        eprintln!("skipped: needs root and uuid-runtime");
+        return;
+    }
+    // uuidd.service as shipped: User=uuidd, ProtectSystem=strict,
+    // ProtectHome=yes, PrivateDevices=yes, PrivateUsers=yes,
+    // ProtectKernel*=yes, MemoryDenyWriteExecute=yes and a
+    // SystemCallFilter= allow list.
+    let unit = corpus().join("units/uuid-runtime/uuidd.socket");
+    let d = Doorman::start(
+        TempDir::new(),
+        &["-f".into(), unit.to_str().unwrap().into()],
+        in_netns(),
+    );
+    let out = nsenter(&d, &["uuidd", "-r", "-n", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("List of UUIDs"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids = handler_pids(&d);
+    assert_eq!(pids.len(), 1, "{}", d.log.text());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    let get = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    let uuidd_uid = Command::new("id").args(["-u", "uuidd"]).output().unwrap();
+    let uid = String::from_utf8_lossy(&uuidd_uid.stdout)
+        .trim()
+        .to_string();
+    assert!(
+        get("Uid:").starts_with(&format!("{uid}\t{uid}")),
+        "{status}"
+    );
+    assert_eq!(get("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(get("Seccomp:"), "2", "{status}");
+    // Its own user namespace and mount namespace.
+    for ns in ["user", "mnt"] {
+        let mine = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{}/ns/{ns}", pids[0])).unwrap();
+        assert_ne!(mine, its, "{ns}");
+    }
+    kill_handlers(&d);
+}
+
+/// A directory outside /tmp (which PrivateTmp= hides) that every user
+/// can read.
+fn outside_tmp() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sandbox-{}", std::process::id()));
+    std::fs::create_dir_all(&p).unwrap();
+    for d in [p.as_path(), Path::new(env!("CARGO_TARGET_TMPDIR"))] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    p
+}
+
+#[test]
+fn unit_commands_sandbox_and_readiness() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let base = outside_tmp();
+    let script = base.join("srv.py");
+    std::fs::write(
+        &script,
+        r#"import os, socket
+s = socket.socket(fileno=3)
+n = os.environ["NOTIFY_SOCKET"]
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+u.sendto(b"STATUS=starting\nREADY=1", "\0" + n[1:] if n.startswith("@") else n)
+def can_write(p):
+    try:
+        open(p, "w").close()
+        os.unlink(p)
+        return "yes"
+    except OSError:
+        return "no"
+while True:
+    c, _ = s.accept()
+    info = "uid=%d greeting=%s pre=%s tmp=%s usr=%s root=%s run=%s rt=%s\n" % (
+        os.getuid(), os.environ.get("GREETING"),
+        open("/tmp/pre").read().strip() if os.path.exists("/tmp/pre") else "none",
+        can_write("/tmp/x"), can_write("/usr/doorman-x"), os.path.exists("/root/.") and os.listdir("/root") != [] ,
+        can_write(os.environ["RUNTIME_DIRECTORY"] + "/x"), os.environ["RUNTIME_DIRECTORY"])
+    c.sendall(info.encode())
+    c.close()
+"#,
+    )
+    .unwrap();
+    let dir = TempDir::new();
+    let port_probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = port_probe.local_addr().unwrap().port();
+    drop(port_probe);
+    dir.write("env", "GREETING=hello\n", false);
+    dir.write(
+        "box.socket",
+        &format!("[Socket]\nListenStream=127.0.0.1:{port}\n"),
+        false,
+    );
+    dir.write(
+        "box.service",
+        &format!(
+            "[Unit]\nConditionPathExists=!/nonexistent/stop\n[Service]\nType=notify\nUser=nobody\n\
+             EnvironmentFile={d}/env\nEnvironmentFile=-{d}/missing\n\
+             ExecStartPre=/bin/sh -c 'echo $$GREETING-$$(id -u) > /tmp/pre'\n\
+             ExecStartPre=-/bin/false\n\
+             ExecStartPre=+/bin/sh -c 'id -u >&2'\n\
+             ExecStartPost=/bin/echo post-ran\n\
+             ExecStart=/usr/bin/python3 {script}\n\
+             RuntimeDirectory=doorman-box\nPrivateTmp=yes\nProtectSystem=strict\nProtectHome=yes\n\
+             NoNewPrivileges=yes\n",
+            d = dir.path().display(),
+            script = script.display()
+        ),
+        false,
+    );
+    let unit = dir.path().join("box.socket");
+    let d = Doorman::start(
+        dir,
+        &["-f".into(), unit.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    let reply = talk(d.addr(0), b"");
+    assert_eq!(
+        reply,
+        "uid=65534 greeting=hello pre=hello-65534 tmp=yes usr=no root=False run=yes rt=/run/doorman-box\n",
+        "{}",
+        d.log.text()
+    );
+    // The `+` command ran as root, after the others, before the program;
+    // post ran after READY=1.
+    assert!(
+        d.log.wait_for(&["post-ran"], DEADLINE).is_some(),
+        "{}",
+        d.log.text()
+    );
+    let lines = d.log.lines();
+    let at = |s: &str| {
+        lines
+            .iter()
+            .position(|l| l == s || l.contains(s) && s.len() > 2)
+            .unwrap_or_else(|| panic!("{s}: {lines:?}"))
+    };
+    assert!(at("0") < at("box/tcp: ready pid="), "{lines:?}");
+    assert!(at("box/tcp: ready pid=") < at("post-ran"), "{lines:?}");
+    // The host's /tmp was not written.
+    assert!(
+        !Path::new("/tmp/pre").exists()
+            || std::fs::read_to_string("/tmp/pre").unwrap() != "hello-65534\n"
+    );
+    let meta = std::fs::metadata("/run/doorman-box").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.uid(), 65534);
+    kill_handlers(&d);
+    assert!(
+        eventually(DEADLINE, || !Path::new("/run/doorman-box").exists()),
+        "{}",
+        d.log.text()
+    );
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn a_failing_exec_start_pre_aborts_the_start_with_a_log_line() {
+    let dir = TempDir::new();
+    dir.write(
+        "f.socket",
+        "[Socket]\nListenStream=127.0.0.1:0\nAccept=yes\n",
+        false,
+    );
+    dir.write(
+        "f@.service",
+        "[Service]\nExecStartPre=/bin/sh -c 'exit 3'\nExecStart=/bin/echo never\nStandardInput=socket\n",
+        false,
+    );
+    let unit = dir.path().join("f.socket");
+    let d = Doorman::start(
+        dir,
+        &["-f".into(), unit.to_str().unwrap().into()],
+        Opts::default(),
+    );
+    assert_eq!(talk(d.addr(0), b""), "");
+    assert!(
+        d.log
+            .wait_for(
+                &["ExecStartPre=/bin/sh -c exit 3 failed: exited with status 3; start aborted"],
+                DEADLINE
+            )
+            .is_some(),
+        "{}",
+        d.log.text()
+    );
+    assert!(
+        d.log
+            .wait_for(&["exit service=f/tcp", "status=1"], DEADLINE)
+            .is_some(),
+        "{}",
+        d.log.text()
+    );
+}
