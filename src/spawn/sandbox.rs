@@ -154,11 +154,14 @@ impl Prepared {
         data: Option<&str>,
         optional: bool,
     ) {
+        // c_ulong is 32 bits wide on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let flags = u64::from(flags);
         self.ops.push(Op::Mount {
             source: source.map(str::to_string),
             target: target.to_path_buf(),
             fstype: fstype.map(str::to_string),
-            flags: flags as u64,
+            flags,
             data: data.map(str::to_string),
             optional,
         });
@@ -268,11 +271,11 @@ pub fn ensure_state_dir() -> std::io::Result<()> {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0)
+            .mode(0o0)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&node)?;
     }
-    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0))?;
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o0))?;
     let dev = dir.join("dev");
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -356,7 +356,7 @@ fn load_corpus() -> Corpus {
     if let Ok(dir) = std::fs::read_dir(corpus().join("inetd")) {
         for f in dir {
             let f = f.unwrap().path();
-            if f.extension().is_none_or(|e| e != "md") {
+            if f.extension().map_or(true, |e| e != "md") {
                 c.inetd.push(f);
             }
         }

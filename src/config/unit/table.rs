@@ -325,3 +325,105 @@ pub fn lookup(section: &str, key: &str) -> Option<Use> {
         .find(|(s, k, _)| *s == section && *k == key)
         .map(|&(_, _, u)| u)
 }
+
+/// The table as doorman.conf(5) prints it (mdoc), between its
+/// `.\" BEGIN DIRECTIVES` and `.\" END DIRECTIVES` lines (a test
+/// keeps the page in step).
+#[cfg(test)]
+pub fn man_table() -> String {
+    let mut out = String::new();
+    for section in ["Unit", "Socket", "Service"] {
+        let rows: Vec<(&str, Use)> = TABLE
+            .iter()
+            .filter(|(s, _, _)| *s == section)
+            .map(|&(_, k, u)| (k, u))
+            .collect();
+        out.push_str(&format!(".It Bq {section}\n.Bl -tag -width Ds -compact\n"));
+        let list = |out: &mut String, title: &str, keys: Vec<&str>| {
+            if keys.is_empty() {
+                return;
+            }
+            out.push_str(&format!(".It {title}\n"));
+            for (i, k) in keys.iter().enumerate() {
+                let sep = if i + 1 == keys.len() { "" } else { " ," };
+                out.push_str(&format!(".Cm {k}={sep}\n"));
+            }
+        };
+        list(
+            &mut out,
+            "Applied:",
+            rows.iter()
+                .filter(|(_, u)| *u == Applied)
+                .map(|(k, _)| *k)
+                .collect(),
+        );
+        list(
+            &mut out,
+            "Accepted silently (ordering, dependencies, documentation):",
+            rows.iter()
+                .filter(|(_, u)| *u == Quiet)
+                .map(|(k, _)| *k)
+                .collect(),
+        );
+        for (title, warn) in [
+            ("Accepted with a warning", true),
+            ("Refused with an error", false),
+        ] {
+            let mut texts: Vec<&str> = Vec::new();
+            for (_, u) in &rows {
+                let t = match (u, warn) {
+                    (Warn(t), true) | (Error(t), false) => *t,
+                    _ => continue,
+                };
+                if !texts.contains(&t) {
+                    texts.push(t);
+                }
+            }
+            for t in texts {
+                let keys: Vec<&str> = rows
+                    .iter()
+                    .filter(|(_, u)| matches!((u, warn), (Warn(x), true) | (Error(x), false) if *x == t))
+                    .map(|(k, _)| *k)
+                    .collect();
+                list(&mut out, &format!("{title} ({t}):"), keys);
+            }
+        }
+        out.push_str(".El\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// doorman.conf(5) prints this table; `DOORMAN_BLESS=1` rewrites it.
+    #[test]
+    fn the_man_page_prints_this_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/man/doorman.conf.5");
+        let page = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = (".\\\" BEGIN DIRECTIVES\n", ".\\\" END DIRECTIVES\n");
+        let a = page.find(begin).expect("BEGIN DIRECTIVES marker") + begin.len();
+        let b = page.find(end).expect("END DIRECTIVES marker");
+        let want = man_table();
+        if page[a..b] != want && std::env::var_os("DOORMAN_BLESS").is_some() {
+            std::fs::write(path, format!("{}{want}{}", &page[..a], &page[b..])).unwrap();
+            return;
+        }
+        assert_eq!(
+            page[a..b],
+            want,
+            "doorman.conf(5)'s directive table is stale: run with DOORMAN_BLESS=1"
+        );
+    }
+
+    #[test]
+    fn every_directive_once() {
+        for (i, (s, k, _)) in TABLE.iter().enumerate() {
+            assert!(
+                !TABLE[i + 1..].iter().any(|(s2, k2, _)| s2 == s && k2 == k),
+                "{s}.{k} twice"
+            );
+        }
+    }
+}

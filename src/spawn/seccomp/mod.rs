@@ -126,7 +126,9 @@ fn rules(sb: &Sandbox) -> Vec<Rule> {
         );
     }
     if sb.restrict_suid_sgid {
-        let sid = (libc::S_ISUID | libc::S_ISGID) as u32;
+        // mode_t is 16 bits wide on some targets.
+        #[allow(clippy::useless_conversion)]
+        let sid = u32::from(libc::S_ISUID | libc::S_ISGID);
         let creat = libc::O_CREAT as u32;
         for (name, arg) in [
             ("chmod", 1),
