@@ -114,11 +114,12 @@ fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error
     } else {
         None
     };
-    let started = server::Server::start(loaded, trap, plan.options).and_then(|server| {
+    let started = server::Server::start(loaded, trap, plan.options).and_then(|mut server| {
         if let Some(p) = pid_path {
             write_pidfile(p)
                 .map_err(|e| Error::system(format!("--pidfile {}", p.display()), errno_of(&e)))?;
         }
+        server.announce_ready();
         Ok(server)
     });
     if let Some(f) = &mut status {

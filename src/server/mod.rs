@@ -354,6 +354,14 @@ impl Server {
                 debug!("prctl(PR_SET_CHILD_SUBREAPER): {}", Errno::last().desc());
             }
         }
+        Ok(server)
+    }
+
+    /// Says the daemon is ready (log, `--ready-fd`, `READY=1`): after
+    /// [`Server::start`] and the pidfile, so that whoever is told finds
+    /// the pidfile in place.
+    pub fn announce_ready(&mut self) {
+        let server = self;
         emit(
             Level::Info,
             "ready",
@@ -362,7 +370,7 @@ impl Server {
                 ("listeners", V::N(server.listeners.len() as i64)),
             ],
         );
-        if let Some(fd) = server.opts.ready_fd {
+        if let Some(fd) = server.opts.ready_fd.take() {
             // SAFETY: the caller handed us this fd to write readiness to
             // and close; nothing else in doorman uses it.
             let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
@@ -371,7 +379,6 @@ impl Server {
             }
         }
         server.notify_status("READY=1");
-        Ok(server)
     }
 
     /// Gives back free heap and the file pages the daemon mapped

@@ -623,15 +623,14 @@ fn debian_uuidd_runs_in_its_sandbox() {
     kill_handlers(&d);
 }
 
-/// A directory outside /tmp (which PrivateTmp= hides) that every user
-/// can read.
+/// A directory outside /tmp and /var/tmp (which PrivateTmp= hides) and
+/// outside the checkout (which may be under either) that every user can
+/// read: in /dev/shm.
 fn outside_tmp() -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sandbox-{}", std::process::id()));
+    let p = Path::new("/dev/shm").join(format!("doorman-sandbox-{}", std::process::id()));
     std::fs::create_dir_all(&p).unwrap();
-    for d in [p.as_path(), Path::new(env!("CARGO_TARGET_TMPDIR"))] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
 }
 
