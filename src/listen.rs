@@ -747,3 +747,40 @@ pub fn queued(fd: RawFd, ty: SockType, inet: bool) -> Option<u64> {
         _ => None,
     }
 }
+
+/// Whether an accepted TCP connection is already gone: the peer reset it
+/// (state `TCP_CLOSE`), or closed it without sending anything
+/// (`TCP_CLOSE_WAIT` with nothing to read). A half-closed connection with
+/// a request queued (`echo req | nc -N`) is a client. One `getsockopt`,
+/// and one `ioctl` for a half-closed one.
+pub fn dead_on_arrival(fd: RawFd) -> bool {
+    // SAFETY: getsockopt(TCP_INFO) into a zeroed tcp_info of the size
+    // given; the kernel writes at most that much.
+    let state = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        if r != 0 || len < 1 {
+            return false;
+        }
+        info.tcpi_state
+    };
+    const TCP_CLOSE: u8 = 7;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    match state {
+        TCP_CLOSE => true,
+        TCP_CLOSE_WAIT => {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD into an int.
+            let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+            r == 0 && n == 0
+        }
+        _ => false,
+    }
+}

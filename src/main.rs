@@ -16,6 +16,7 @@ mod proxy;
 mod reap;
 mod server;
 mod signals;
+mod sockdiag;
 mod spawn;
 
 use std::io::Write;

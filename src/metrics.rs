@@ -20,6 +20,9 @@ pub struct ServiceMetrics {
     pub refused: BTreeMap<&'static str, u64>,
     pub spawned: u64,
     pub spawn_failures: u64,
+    /// Connections the peer had reset or closed without a word before
+    /// they were accepted: closed, nothing started.
+    pub dead_on_arrival: u64,
     pub exits_success: u64,
     pub exits_failure: u64,
     pub exits_signal: u64,
@@ -111,6 +114,20 @@ impl Metrics {
                 "doorman_spawned_total{{service=\"{}\"}} {}",
                 lbl(s),
                 m.spawned
+            );
+        }
+        family(
+            &mut o,
+            "doorman_connections_dead_on_arrival_total",
+            "counter",
+            "Connections already reset or closed without data by the peer when accepted: closed, no handler started.",
+        );
+        for (s, m) in &self.services {
+            let _ = writeln!(
+                o,
+                "doorman_connections_dead_on_arrival_total{{service=\"{}\"}} {}",
+                lbl(s),
+                m.dead_on_arrival
             );
         }
         family(

@@ -192,9 +192,29 @@ pub struct Counters {
     /// service's own (tcpmux).
     poll_window: Window,
     sources: HashMap<IpAddr, Source>,
-    /// Start-up failures within the crash window, oldest first.
-    failures: VecDeque<Instant>,
+    /// Start-up failures within the crash window, oldest first, with how
+    /// each ended.
+    failures: VecDeque<(Instant, String)>,
+    /// Crash-loop pauses in a row with no success between them.
+    crash_level: u32,
+    /// Rate pauses in a row, and when the last one ends.
+    rate_level: u32,
+    rate_resumes: Option<Instant>,
     gate: LogGate,
+}
+
+/// The first pause of a limit that escalates: a few seconds, so that a
+/// burst costs a well-behaved client at most that much.
+pub const FIRST_PAUSE: Duration = Duration::from_secs(5);
+
+/// The pause after `level` pauses in a row: [`FIRST_PAUSE`] doubled
+/// `level` times, never more than `cap` (and `cap` itself when it is
+/// shorter than the first step).
+pub fn escalated(level: u32, cap: Duration) -> Duration {
+    FIRST_PAUSE
+        .checked_mul(1u32 << level.min(20))
+        .unwrap_or(cap)
+        .min(cap)
 }
 
 impl Counters {
@@ -265,12 +285,22 @@ impl Counters {
             if count + 1 >= rate.max {
                 *window = None;
                 let (max, interval) = (rate.max, rate.interval);
-                let reason = if is_poll {
-                    Reason::Poll { max, interval }
+                let (reason, pause) = if is_poll {
+                    (Reason::Poll { max, interval }, rate.pause)
+                } else if limits.rate_fixed {
+                    (Reason::Rate { max, interval }, rate.pause)
                 } else {
-                    Reason::Rate { max, interval }
+                    // Reached again within an interval of the last pause's
+                    // end: the excess repeats, the pause doubles.
+                    let again = self
+                        .rate_resumes
+                        .is_some_and(|t| now.saturating_duration_since(t) < interval);
+                    self.rate_level = if again { self.rate_level + 1 } else { 0 };
+                    let p = escalated(self.rate_level, rate.pause);
+                    self.rate_resumes = Some(now + p);
+                    (Reason::Rate { max, interval }, p)
                 };
-                then = Some((reason, now + rate.pause));
+                then = Some((reason, now + pause));
             } else {
                 *window = Some((start, count + 1));
             }
@@ -326,16 +356,23 @@ impl Counters {
         }
     }
 
-    /// A handler ended after `lived`: counts it toward the crash-loop
-    /// limit when it failed soon after starting. Returns the end of the
-    /// pause when the limit is reached.
+    /// A handler ended after `lived`, `how` (`status=1`, `signal=SIGSEGV`,
+    /// an exec error): counts it toward the crash-loop limit when it
+    /// `failed` (was at fault) soon after starting; one that `succeeded`
+    /// ends the escalation. Returns the end of the pause when the limit is
+    /// reached, and which failures caused it.
     pub fn ended(
         &mut self,
         limits: &Limits,
         failed: bool,
+        succeeded: bool,
         lived: Duration,
+        how: &str,
         now: Instant,
-    ) -> Option<(Reason, Instant)> {
+    ) -> Option<(Reason, Instant, String)> {
+        if succeeded {
+            self.crash_level = 0;
+        }
         let crash = limits.crash?;
         if !failed || lived > crash.lifetime || crash.max == 0 {
             return None;
@@ -343,19 +380,35 @@ impl Counters {
         while self
             .failures
             .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) >= crash.window)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= crash.window)
         {
             self.failures.pop_front();
         }
-        self.failures.push_back(now);
+        self.failures.push_back((now, how.to_string()));
         if self.failures.len() >= crash.max as usize {
-            self.failures.clear();
+            // "status=1 x9, signal=SIGSEGV x1", most frequent first.
+            let mut kinds: Vec<(String, usize)> = Vec::new();
+            for (_, k) in self.failures.drain(..) {
+                match kinds.iter_mut().find(|(x, _)| *x == k) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((k, 1)),
+                }
+            }
+            kinds.sort_by(|a, b| b.1.cmp(&a.1));
+            let which = kinds
+                .iter()
+                .map(|(k, n)| format!("{k} x{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let pause = escalated(self.crash_level, crash.pause);
+            self.crash_level += 1;
             return Some((
                 Reason::Crash {
                     max: crash.max,
                     window: crash.window,
                 },
-                now + crash.pause,
+                now + pause,
+                which,
             ));
         }
         None
@@ -474,13 +527,52 @@ mod tests {
                         max: 5,
                         interval: Duration::from_secs(60)
                     },
-                    t + Duration::from_secs(600)
+                    t + FIRST_PAUSE
                 ))
             )
         );
         // After the pause a fresh window starts.
-        let d = c.admit(&l, None, t + Duration::from_secs(600), None);
+        let d = c.admit(&l, None, t + FIRST_PAUSE, None);
         assert_eq!(d, Decision::Admit(None, None));
+        // The excess repeating within an interval of the pause's end: each
+        // pause doubles, up to the configured 600 s.
+        let mut at = t + FIRST_PAUSE;
+        let mut pauses = Vec::new();
+        for _ in 0..9 {
+            for _ in 0..3 {
+                c.admit(&l, None, at, None);
+            }
+            let Decision::Admit(_, Some((_, until))) = c.admit(&l, None, at, None) else {
+                panic!("limit not reached");
+            };
+            pauses.push((until - at).as_secs());
+            at = until;
+            // The first of the next round starts a window.
+            c.admit(&l, None, at, None);
+        }
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 600, 600, 600]);
+        // A whole interval without the excess: back to the first step.
+        let later = at + Duration::from_secs(61);
+        for _ in 0..4 {
+            c.admit(&l, None, later, None);
+        }
+        let Decision::Admit(_, Some((_, until))) = c.admit(&l, None, later, None) else {
+            panic!("limit not reached");
+        };
+        assert_eq!(until - later, FIRST_PAUSE);
+        // rate-pause=fixed: BSD inetd's whole pause every time.
+        let fixed = Limits {
+            rate_fixed: true,
+            ..l.clone()
+        };
+        let mut c = Counters::default();
+        for _ in 0..4 {
+            c.admit(&fixed, None, t0, None);
+        }
+        let Decision::Admit(_, Some((_, until))) = c.admit(&fixed, None, t0, None) else {
+            panic!("limit not reached");
+        };
+        assert_eq!(until - t0, Duration::from_secs(600));
         // A window that has elapsed restarts the count.
         let mut c = Counters::default();
         for _ in 0..4 {
@@ -640,21 +732,22 @@ mod tests {
         // Healthy handlers, however many, never pause.
         for i in 0..1000 {
             assert_eq!(
-                c.ended(&l, false, quick, t + Duration::from_millis(i)),
+                c.ended(&l, false, true, quick, "status=0", t + Duration::from_millis(i)),
                 None
             );
         }
         // Failures after a long life do not count either.
         for _ in 0..10 {
-            assert_eq!(c.ended(&l, true, Duration::from_secs(3), t), None);
+            assert_eq!(c.ended(&l, true, false, Duration::from_secs(3), "status=1", t), None);
         }
-        assert_eq!(c.ended(&l, true, quick, t), None);
-        assert_eq!(c.ended(&l, true, quick, t + Duration::from_secs(1)), None);
+        assert_eq!(c.ended(&l, true, false, quick, "status=1", t), None);
+        assert_eq!(c.ended(&l, true, false, quick, "signal=SIGSEGV", t + Duration::from_secs(1)), None);
         // The first failure has left the window: still two.
         let t2 = t + Duration::from_secs(10);
-        assert_eq!(c.ended(&l, true, quick, t2), None);
+        assert_eq!(c.ended(&l, true, false, quick, "status=1", t2), None);
         let t3 = t2 + Duration::from_millis(500);
-        let p = c.ended(&l, true, quick, t3);
+        let p = c.ended(&l, true, false, quick, "status=1", t3);
+        // The first pause is short, and says which failures caused it.
         assert_eq!(
             p,
             Some((
@@ -662,17 +755,36 @@ mod tests {
                     max: 3,
                     window: Duration::from_secs(10)
                 },
-                t3 + Duration::from_secs(30)
+                t3 + FIRST_PAUSE,
+                "status=1 x2, signal=SIGSEGV x1".to_string()
             ))
         );
-        // Counting starts over after a pause.
-        assert_eq!(c.ended(&l, true, quick, t3 + Duration::from_secs(30)), None);
+        // Counting starts over after a pause; while failures go on, each
+        // pause doubles, up to the configured one.
+        let mut at = t3 + FIRST_PAUSE;
+        let mut pauses = Vec::new();
+        for _ in 0..4 {
+            for _ in 0..2 {
+                assert_eq!(c.ended(&l, true, false, quick, "status=1", at), None);
+            }
+            let (_, until, _) = c.ended(&l, true, false, quick, "status=1", at).unwrap();
+            pauses.push(until - at);
+            at = until;
+        }
+        assert_eq!(pauses, [10, 20, 30, 30].map(Duration::from_secs));
+        // A handler that succeeds ends the escalation.
+        assert_eq!(c.ended(&l, false, true, quick, "status=0", at), None);
+        for _ in 0..2 {
+            c.ended(&l, true, false, quick, "status=1", at);
+        }
+        let (_, until, _) = c.ended(&l, true, false, quick, "status=1", at).unwrap();
+        assert_eq!(until - at, FIRST_PAUSE);
         let off = Limits {
             crash: None,
             ..Limits::default()
         };
         for _ in 0..100 {
-            assert_eq!(c.ended(&off, true, quick, t), None);
+            assert_eq!(c.ended(&off, true, false, quick, "status=1", t), None);
         }
     }
 

@@ -34,6 +34,9 @@ pub struct Child {
     pub timed_out: bool,
     /// The UDP session (`dgram nowait`) this handler serves.
     pub session: Option<usize>,
+    /// A TCP connection's local and remote addresses, to tell whether its
+    /// client was still there when the handler failed.
+    pub tcp: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 /// The listeners a `wait` handler holds, and what woke it.

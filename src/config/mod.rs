@@ -458,6 +458,10 @@ pub struct Limits {
     pub prefix4: u8,
     pub prefix6: u8,
     pub crash: Option<Crash>,
+    /// `rate-pause=fixed`: every rate pause is the whole `pause`, as BSD
+    /// inetd's 10 minutes; by default they escalate (see
+    /// `policy::escalated`).
+    pub rate_fixed: bool,
 }
 
 impl Default for Limits {
@@ -470,6 +474,7 @@ impl Default for Limits {
             poll: None,
             prefix4: 32,
             prefix6: 64,
+            rate_fixed: false,
             crash: Some(DEFAULT_CRASH),
         }
     }
@@ -838,10 +843,11 @@ impl fmt::Display for Service {
         match l.rate {
             Some(r) => write!(
                 f,
-                " rate={}/{}s,pause={}s",
+                " rate={}/{}s,pause={}s{}",
                 r.max,
                 r.interval.as_secs_f64(),
-                r.pause.as_secs_f64()
+                r.pause.as_secs_f64(),
+                if l.rate_fixed { ",fixed" } else { "" }
             )?,
             None => write!(f, " rate=-")?,
         }

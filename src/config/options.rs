@@ -22,6 +22,7 @@ pub const NAMES: &[&str] = &[
     "max-child",
     "max-child-per-ip",
     "rate",
+    "rate-pause",
     "source-rate",
     "source-prefix",
     "crash",
@@ -87,6 +88,13 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
                     .get(2)
                     .map_or(Ok(DEFAULT_RATE.pause), |s| secs(s, "rate pause", false))?,
             });
+        }
+        "rate-pause" => {
+            raw.limits.rate_fixed = match v {
+                "fixed" => true,
+                "escalate" => false,
+                _ => return Err(format!("rate-pause={v:?}: expected fixed or escalate")),
+            }
         }
         "source-rate" => {
             // source-rate=N/SECONDS[/BURST]: a token bucket per source.

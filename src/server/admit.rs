@@ -106,6 +106,20 @@ impl Server {
     /// One accepted connection: decide, then spawn or refuse.
     pub(super) fn serve(&mut self, li: usize, s: usize, conn: OwnedFd, remote: Option<SocketAddr>) {
         let now = Instant::now();
+        // A client that has already left (a reset, or a close without a
+        // word) starts nothing: it would only make a handler fail.
+        if self.listeners[li].sock_type == SockType::Stream
+            && matches!(self.listeners[li].local, Address::Inet(_))
+            && listen::dead_on_arrival(conn.as_raw_fd())
+        {
+            self.metrics.service(&self.services[s].label).dead_on_arrival += 1;
+            debug!(
+                "{}: connection from {} gone before it was accepted: closed",
+                self.services[s].label,
+                remote.map_or("-".to_string(), |r| r.to_string())
+            );
+            return;
+        }
         let Some((peer, source, shown)) = self.peer_of(li, &conn, remote) else {
             debug!(
                 "{}: connection gone before it could be served",
@@ -185,6 +199,9 @@ impl Server {
         };
         log_accept(&self.services[s].label, &shown, &peer, pid);
         self.track(pid, s, tracked, shown, now, None, None);
+        if let (Peer::Tcp { remote, local, .. }, Some(c)) = (&peer, self.children.get_mut(pid.as_raw())) {
+            c.tcp = Some((*local, *remote));
+        }
         if self.services[s]
             .counters
             .at_capacity(&self.services[s].svc.limits)
@@ -268,10 +285,12 @@ impl Server {
 
     /// Counts a handler's end (or failure to start) toward its service's
     /// crash-loop limit, pausing the service when it is reached.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn crash_check(
         &mut self,
         s: usize,
         failed: bool,
+        succeeded: bool,
         lived: Duration,
         how: &str,
         now: Instant,
@@ -279,12 +298,14 @@ impl Server {
         let Some(rt) = self.services.get_mut(s) else {
             return;
         };
-        if let Some((reason, until)) = rt.counters.ended(&rt.svc.limits, failed, lived, now) {
+        if let Some((reason, until, which)) =
+            rt.counters.ended(&rt.svc.limits, failed, succeeded, lived, how, now)
+        {
             if rt.paused_until.is_none() {
                 self.pause(
                     s,
                     reason.key(),
-                    format!("{reason} (last: {how})"),
+                    format!("{reason} ({which})"),
                     "-",
                     until,
                     now,

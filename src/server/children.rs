@@ -109,6 +109,7 @@ impl Server {
                 deadline,
                 timed_out: false,
                 session,
+                tcp: None,
             },
         );
         self.check_global();
@@ -145,7 +146,7 @@ impl Server {
             error!("{}: cannot start: {why} (peer={shown})", rt.svc.label());
             self.metrics.service(&rt.label).spawn_failures += 1;
             rt.counters.release(tracked);
-            self.crash_check(s, true, Duration::ZERO, &why, now);
+            self.crash_check(s, true, false, Duration::ZERO, &why, now);
             return None;
         }
         let mut launch = Launch::new(image, socket, listen, peer, self.devnull.as_raw_fd());
@@ -161,7 +162,7 @@ impl Server {
                 m.spawn_failures += 1;
                 log_spawn_error(&rt.svc, &e, shown);
                 rt.counters.release(tracked);
-                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
+                self.crash_check(s, true, false, Duration::ZERO, &e.to_string(), now);
                 None
             }
         }
@@ -272,13 +273,19 @@ impl Server {
                 self.session_end(slot);
             }
             if let Some(e) = failed_spawn {
-                self.crash_check(s, true, Duration::ZERO, &e.to_string(), now);
+                self.crash_check(s, true, false, Duration::ZERO, &e.to_string(), now);
             } else if !child.timed_out {
-                let failed = match self.services.get(s).and_then(|rt| rt.svc.unit.as_deref()) {
-                    Some(u) => !unit_success(u, exit.outcome),
-                    None => exit.outcome != Outcome::Exited(0),
+                let failed = match self.services.get(s) {
+                    Some(rt) => at_fault(&rt.svc, child, exit.outcome, exit.duration),
+                    None => false,
                 };
-                self.crash_check(s, failed, exit.duration, &exit.outcome.to_string(), now);
+                let succeeded = exit.outcome == Outcome::Exited(0)
+                    || self
+                        .services
+                        .get(s)
+                        .and_then(|rt| rt.svc.unit.as_deref())
+                        .is_some_and(|u| unit_success(u, exit.outcome));
+                self.crash_check(s, failed, succeeded, exit.duration, &exit.outcome.to_string(), now);
             }
             if let Some(hold) = &child.wait {
                 // A handler that daemonized leaves processes in its group
@@ -357,6 +364,49 @@ impl Server {
                 exit.outcome
             );
             self.pause(s, "spin", reason, "-", now + pause, now);
+        }
+    }
+}
+
+/// Whether a handler's end counts against it for the crash-loop guard:
+/// only what the handler is to blame for, never what its client did.
+/// Counted: exit status 126 or 127 (the shell's "cannot execute" and "not
+/// found"); death by SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGFPE or SIGSYS;
+/// any other failing status, unless the handler served a TCP client that
+/// was gone when it exited (the kernel no longer has the connection: the
+/// client reset it, or closed and left) — a handler that fails because
+/// its client left is not broken. Not counted: success (a unit's
+/// `SuccessExitStatus=` and `-` prefix included), death by any other
+/// signal (SIGPIPE: the client went away; SIGTERM, SIGKILL: somebody
+/// stopped it). Exec failures are counted where they are reported.
+pub(super) fn at_fault(svc: &Service, child: &crate::reap::Child, outcome: Outcome, lived: Duration) -> bool {
+    if let Some(u) = svc.unit.as_deref() {
+        if unit_success(u, outcome) {
+            return false;
+        }
+    }
+    match outcome {
+        Outcome::Exited(0) => false,
+        Outcome::Exited(126 | 127) => true,
+        Outcome::Signaled(sig, _) => [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGABRT,
+            libc::SIGFPE,
+            libc::SIGSYS,
+        ]
+        .contains(&sig),
+        Outcome::Exited(_) => {
+            // Asked only where it could count: soon after the start.
+            let soon = svc.limits.crash.is_some_and(|c| lived <= c.lifetime);
+            match child.tcp {
+                Some((local, remote)) if soon => !matches!(
+                    crate::sockdiag::tcp_state(local, remote),
+                    Ok(None) | Ok(Some(crate::sockdiag::TCP_CLOSE))
+                ),
+                _ => true,
+            }
         }
     }
 }
