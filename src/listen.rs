@@ -748,15 +748,12 @@ pub fn queued(fd: RawFd, ty: SockType, inet: bool) -> Option<u64> {
     }
 }
 
-/// Whether an accepted TCP connection is already gone: the peer reset it
-/// (state `TCP_CLOSE`), or closed it without sending anything
-/// (`TCP_CLOSE_WAIT` with nothing to read). A half-closed connection with
-/// a request queued (`echo req | nc -N`) is a client. One `getsockopt`,
-/// and one `ioctl` for a half-closed one.
-pub fn dead_on_arrival(fd: RawFd) -> bool {
+/// An accepted TCP connection's state (`tcp_states.h`), one
+/// `getsockopt(TCP_INFO)`; `None` if it cannot be told.
+pub fn tcp_state(fd: RawFd) -> Option<u8> {
     // SAFETY: getsockopt(TCP_INFO) into a zeroed tcp_info of the size
     // given; the kernel writes at most that much.
-    let state = unsafe {
+    unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         let r = libc::getsockopt(
@@ -766,21 +763,9 @@ pub fn dead_on_arrival(fd: RawFd) -> bool {
             (&mut info as *mut libc::tcp_info).cast(),
             &mut len,
         );
-        if r != 0 || len < 1 {
-            return false;
-        }
-        info.tcpi_state
-    };
-    const TCP_CLOSE: u8 = 7;
-    const TCP_CLOSE_WAIT: u8 = 8;
-    match state {
-        TCP_CLOSE => true,
-        TCP_CLOSE_WAIT => {
-            let mut n: libc::c_int = 0;
-            // SAFETY: FIONREAD into an int.
-            let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-            r == 0 && n == 0
-        }
-        _ => false,
+        (r == 0 && len >= 1).then_some(info.tcpi_state)
     }
 }
+
+/// `TCP_CLOSE`: reset by the peer (or never connected).
+pub const TCP_CLOSE: u8 = 7;

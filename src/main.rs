@@ -16,7 +16,6 @@ mod proxy;
 mod reap;
 mod server;
 mod signals;
-mod sockdiag;
 mod spawn;
 
 use std::io::Write;

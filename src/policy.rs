@@ -394,7 +394,7 @@ impl Counters {
                     None => kinds.push((k, 1)),
                 }
             }
-            kinds.sort_by(|a, b| b.1.cmp(&a.1));
+            kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
             let which = kinds
                 .iter()
                 .map(|(k, n)| format!("{k} x{n}"))
@@ -563,7 +563,7 @@ mod tests {
         // rate-pause=fixed: BSD inetd's whole pause every time.
         let fixed = Limits {
             rate_fixed: true,
-            ..l.clone()
+            ..l
         };
         let mut c = Counters::default();
         for _ in 0..4 {
@@ -732,16 +732,36 @@ mod tests {
         // Healthy handlers, however many, never pause.
         for i in 0..1000 {
             assert_eq!(
-                c.ended(&l, false, true, quick, "status=0", t + Duration::from_millis(i)),
+                c.ended(
+                    &l,
+                    false,
+                    true,
+                    quick,
+                    "status=0",
+                    t + Duration::from_millis(i)
+                ),
                 None
             );
         }
         // Failures after a long life do not count either.
         for _ in 0..10 {
-            assert_eq!(c.ended(&l, true, false, Duration::from_secs(3), "status=1", t), None);
+            assert_eq!(
+                c.ended(&l, true, false, Duration::from_secs(3), "status=1", t),
+                None
+            );
         }
         assert_eq!(c.ended(&l, true, false, quick, "status=1", t), None);
-        assert_eq!(c.ended(&l, true, false, quick, "signal=SIGSEGV", t + Duration::from_secs(1)), None);
+        assert_eq!(
+            c.ended(
+                &l,
+                true,
+                false,
+                quick,
+                "signal=SIGSEGV",
+                t + Duration::from_secs(1)
+            ),
+            None
+        );
         // The first failure has left the window: still two.
         let t2 = t + Duration::from_secs(10);
         assert_eq!(c.ended(&l, true, false, quick, "status=1", t2), None);

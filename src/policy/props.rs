@@ -189,7 +189,8 @@ impl Driver {
                 let lived = self.now.duration_since(start);
                 let how = if *failed { "status=1" } else { "status=0" };
                 if let Some((r, until, _)) =
-                    self.c.ended(&self.limits, *failed, !*failed, lived, how, self.now)
+                    self.c
+                        .ended(&self.limits, *failed, !*failed, lived, how, self.now)
                 {
                     let crash = self
                         .limits

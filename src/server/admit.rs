@@ -106,20 +106,6 @@ impl Server {
     /// One accepted connection: decide, then spawn or refuse.
     pub(super) fn serve(&mut self, li: usize, s: usize, conn: OwnedFd, remote: Option<SocketAddr>) {
         let now = Instant::now();
-        // A client that has already left (a reset, or a close without a
-        // word) starts nothing: it would only make a handler fail.
-        if self.listeners[li].sock_type == SockType::Stream
-            && matches!(self.listeners[li].local, Address::Inet(_))
-            && listen::dead_on_arrival(conn.as_raw_fd())
-        {
-            self.metrics.service(&self.services[s].label).dead_on_arrival += 1;
-            debug!(
-                "{}: connection from {} gone before it was accepted: closed",
-                self.services[s].label,
-                remote.map_or("-".to_string(), |r| r.to_string())
-            );
-            return;
-        }
         let Some((peer, source, shown)) = self.peer_of(li, &conn, remote) else {
             debug!(
                 "{}: connection gone before it could be served",
@@ -156,6 +142,21 @@ impl Server {
         shown: String,
         now: Instant,
     ) {
+        // A client that has already left (reset its connection) starts
+        // nothing: its handler could only fail. A half-closed one is
+        // served: `nc -N host 13 </dev/null` waits for daytime's answer.
+        if let Peer::Tcp { .. } = peer {
+            if listen::tcp_state(conn.as_raw_fd()) == Some(listen::TCP_CLOSE) {
+                self.metrics
+                    .service(&self.services[s].label)
+                    .dead_on_arrival += 1;
+                debug!(
+                    "{}: connection from {shown} reset before it was served: closed",
+                    self.services[s].label
+                );
+                return;
+            }
+        }
         let rt = &self.services[s];
         let allowed = match &peer {
             Peer::Tcp { remote, .. } | Peer::Udp { remote, .. } => {
@@ -193,14 +194,22 @@ impl Server {
         self.metrics.service(&self.services[s].label).accepted += 1;
         let fd = conn.as_raw_fd();
         let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now);
-        drop(conn);
         let Some(pid) = started else {
             return;
         };
         log_accept(&self.services[s].label, &shown, &peer, pid);
         self.track(pid, s, tracked, shown, now, None, None);
-        if let (Peer::Tcp { remote, local, .. }, Some(c)) = (&peer, self.children.get_mut(pid.as_raw())) {
-            c.tcp = Some((*local, *remote));
+        // A TCP connection is kept open here for the crash-loop lifetime
+        // (the handler has its own copy): if the handler fails within it,
+        // the connection's state tells whether its client was still there.
+        let lifetime = self.services[s].svc.limits.crash.map(|c| c.lifetime);
+        if let (Peer::Tcp { .. }, Some(life), Some(c)) =
+            (&peer, lifetime, self.children.get_mut(pid.as_raw()))
+        {
+            let conn = std::rc::Rc::new(conn);
+            c.conn = Some(std::rc::Rc::clone(&conn));
+            self.held_conns
+                .push_back((now + life, pid.as_raw(), std::rc::Rc::downgrade(&conn)));
         }
         if self.services[s]
             .counters
@@ -299,7 +308,8 @@ impl Server {
             return;
         };
         if let Some((reason, until, which)) =
-            rt.counters.ended(&rt.svc.limits, failed, succeeded, lived, how, now)
+            rt.counters
+                .ended(&rt.svc.limits, failed, succeeded, lived, how, now)
         {
             if rt.paused_until.is_none() {
                 self.pause(

@@ -109,7 +109,7 @@ impl Server {
                 deadline,
                 timed_out: false,
                 session,
-                tcp: None,
+                conn: None,
             },
         );
         self.check_global();
@@ -285,7 +285,14 @@ impl Server {
                         .get(s)
                         .and_then(|rt| rt.svc.unit.as_deref())
                         .is_some_and(|u| unit_success(u, exit.outcome));
-                self.crash_check(s, failed, succeeded, exit.duration, &exit.outcome.to_string(), now);
+                self.crash_check(
+                    s,
+                    failed,
+                    succeeded,
+                    exit.duration,
+                    &exit.outcome.to_string(),
+                    now,
+                );
             }
             if let Some(hold) = &child.wait {
                 // A handler that daemonized leaves processes in its group
@@ -373,13 +380,20 @@ impl Server {
 /// Counted: exit status 126 or 127 (the shell's "cannot execute" and "not
 /// found"); death by SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGFPE or SIGSYS;
 /// any other failing status, unless the handler served a TCP client that
-/// was gone when it exited (the kernel no longer has the connection: the
-/// client reset it, or closed and left) — a handler that fails because
-/// its client left is not broken. Not counted: success (a unit's
+/// reset its connection meanwhile: doorman keeps its own copy of the
+/// connection for the crash-loop lifetime, so that the connection
+/// outlives the handler and its state (`TCP_CLOSE`: reset by the peer)
+/// is still there to read — a handler that fails because its client
+/// left is not broken. Not counted: success (a unit's
 /// `SuccessExitStatus=` and `-` prefix included), death by any other
 /// signal (SIGPIPE: the client went away; SIGTERM, SIGKILL: somebody
 /// stopped it). Exec failures are counted where they are reported.
-pub(super) fn at_fault(svc: &Service, child: &crate::reap::Child, outcome: Outcome, lived: Duration) -> bool {
+pub(super) fn at_fault(
+    svc: &Service,
+    child: &crate::reap::Child,
+    outcome: Outcome,
+    lived: Duration,
+) -> bool {
     if let Some(u) = svc.unit.as_deref() {
         if unit_success(u, outcome) {
             return false;
@@ -397,17 +411,12 @@ pub(super) fn at_fault(svc: &Service, child: &crate::reap::Child, outcome: Outco
             libc::SIGSYS,
         ]
         .contains(&sig),
-        Outcome::Exited(_) => {
-            // Asked only where it could count: soon after the start.
-            let soon = svc.limits.crash.is_some_and(|c| lived <= c.lifetime);
-            match child.tcp {
-                Some((local, remote)) if soon => !matches!(
-                    crate::sockdiag::tcp_state(local, remote),
-                    Ok(None) | Ok(Some(crate::sockdiag::TCP_CLOSE))
-                ),
-                _ => true,
+        Outcome::Exited(_) => match &child.conn {
+            Some(c) if svc.limits.crash.is_some_and(|c| lived <= c.lifetime) => {
+                listen::tcp_state(c.as_raw_fd()) != Some(listen::TCP_CLOSE)
             }
-        }
+            _ => true,
+        },
     }
 }
 

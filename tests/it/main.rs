@@ -9,6 +9,7 @@ mod fastpath;
 mod hostile;
 mod inside;
 mod lifecycle;
+mod lockout;
 mod nowait;
 mod package;
 mod protect;
