@@ -712,21 +712,7 @@ pub fn readable_now(fd: RawFd) -> bool {
 /// stream and seqpacket listeners, whose queue is not exposed this way.
 pub fn queued(fd: RawFd, ty: SockType, inet: bool) -> Option<u64> {
     match (ty, inet) {
-        (SockType::Stream, true) => {
-            // SAFETY: getsockopt into a zeroed tcp_info we own, with its size.
-            unsafe {
-                let mut info: libc::tcp_info = std::mem::zeroed();
-                let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-                let r = libc::getsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    (&mut info as *mut libc::tcp_info).cast(),
-                    &mut len,
-                );
-                (r == 0).then_some(u64::from(info.tcpi_unacked))
-            }
-        }
+        (SockType::Stream, true) => tcp_info(fd).map(|i| u64::from(i.tcpi_unacked)),
         (SockType::Dgram, _) => {
             const SO_MEMINFO: libc::c_int = 55;
             let mut mem = [0u32; 9];
@@ -748,11 +734,10 @@ pub fn queued(fd: RawFd, ty: SockType, inet: bool) -> Option<u64> {
     }
 }
 
-/// An accepted TCP connection's state (`tcp_states.h`), one
-/// `getsockopt(TCP_INFO)`; `None` if it cannot be told.
-pub fn tcp_state(fd: RawFd) -> Option<u8> {
-    // SAFETY: getsockopt(TCP_INFO) into a zeroed tcp_info of the size
-    // given; the kernel writes at most that much.
+/// `getsockopt(TCP_INFO)` of a TCP socket.
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: getsockopt into a zeroed tcp_info we own, with its size;
+    // the kernel writes at most that much.
     unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -763,8 +748,14 @@ pub fn tcp_state(fd: RawFd) -> Option<u8> {
             (&mut info as *mut libc::tcp_info).cast(),
             &mut len,
         );
-        (r == 0 && len >= 1).then_some(info.tcpi_state)
+        (r == 0 && len >= 1).then_some(info)
     }
+}
+
+/// An accepted TCP connection's state (`tcp_states.h`), one
+/// `getsockopt(TCP_INFO)`; `None` if it cannot be told.
+pub fn tcp_state(fd: RawFd) -> Option<u8> {
+    tcp_info(fd).map(|i| i.tcpi_state)
 }
 
 /// `TCP_CLOSE`: reset by the peer (or never connected).
