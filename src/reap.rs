@@ -34,11 +34,6 @@ pub struct Child {
     pub timed_out: bool,
     /// The UDP session (`dgram nowait`) this handler serves.
     pub session: Option<usize>,
-    /// doorman's own copy of the TCP connection, kept for the crash-loop
-    /// guard's lifetime (see `server::children::at_fault`): while it is
-    /// open the connection outlives the handler, and its state says
-    /// whether the client was still there when the handler failed.
-    pub conn: Option<std::rc::Rc<std::os::fd::OwnedFd>>,
 }
 
 /// The listeners a `wait` handler holds, and what woke it.

@@ -194,23 +194,14 @@ impl Server {
         self.metrics.service(&self.services[s].label).accepted += 1;
         let fd = conn.as_raw_fd();
         let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now);
+        // doorman keeps no copy: a child stopped before its exec would
+        // hold it open (see `at_fault`).
+        drop(conn);
         let Some(pid) = started else {
             return;
         };
         log_accept(&self.services[s].label, &shown, &peer, pid);
         self.track(pid, s, tracked, shown, now, None, None);
-        // A TCP connection is kept open here for the crash-loop lifetime
-        // (the handler has its own copy): if the handler fails within it,
-        // the connection's state tells whether its client was still there.
-        let lifetime = self.services[s].svc.limits.crash.map(|c| c.lifetime);
-        if let (Peer::Tcp { .. }, Some(life), Some(c)) =
-            (&peer, lifetime, self.children.get_mut(pid.as_raw()))
-        {
-            let conn = std::rc::Rc::new(conn);
-            c.conn = Some(std::rc::Rc::clone(&conn));
-            self.held_conns
-                .push_back((now + life, pid.as_raw(), std::rc::Rc::downgrade(&conn)));
-        }
         if self.services[s]
             .counters
             .at_capacity(&self.services[s].svc.limits)

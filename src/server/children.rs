@@ -109,7 +109,6 @@ impl Server {
                 deadline,
                 timed_out: false,
                 session,
-                conn: None,
             },
         );
         self.check_global();
@@ -276,7 +275,7 @@ impl Server {
                 self.crash_check(s, true, false, Duration::ZERO, &e.to_string(), now);
             } else if !child.timed_out {
                 let failed = match self.services.get(s) {
-                    Some(rt) => at_fault(&rt.svc, child, exit.outcome, exit.duration),
+                    Some(rt) => at_fault(&rt.svc, exit.outcome),
                     None => false,
                 };
                 let succeeded = exit.outcome == Outcome::Exited(0)
@@ -376,32 +375,30 @@ impl Server {
 }
 
 /// Whether a handler's end counts against it for the crash-loop guard:
-/// only what the handler is to blame for, never what its client did.
-/// Counted: exit status 126 or 127 (the shell's "cannot execute" and "not
-/// found"); death by SIGSEGV, SIGBUS, SIGILL, SIGABRT, SIGFPE or SIGSYS;
-/// any other failing status, unless the handler served a TCP client that
-/// reset its connection meanwhile: doorman keeps its own copy of the
-/// connection for the crash-loop lifetime, so that the connection
-/// outlives the handler and its state (`TCP_CLOSE`: reset by the peer)
-/// is still there to read — a handler that fails because its client
-/// left is not broken. Not counted: success (a unit's
-/// `SuccessExitStatus=` and `-` prefix included), death by any other
-/// signal (SIGPIPE: the client went away; SIGTERM, SIGKILL: somebody
-/// stopped it). Exec failures are counted where they are reported.
-pub(super) fn at_fault(
-    svc: &Service,
-    child: &crate::reap::Child,
-    outcome: Outcome,
-    lived: Duration,
-) -> bool {
+/// what the handler is to blame for. Counted: exit status 126 or 127 (the
+/// shell's "cannot execute" and "not found"), death by SIGSEGV, SIGBUS,
+/// SIGILL, SIGABRT, SIGFPE or SIGSYS, and any other failing status.
+/// Not counted: success (a unit's `SuccessExitStatus=` and `-` prefix
+/// included), death by any other signal (SIGPIPE: its client went away;
+/// SIGTERM, SIGKILL: somebody stopped it). A client that reset its
+/// connection before it was accepted started no handler at all (see
+/// `admit.rs`). Exec failures are counted where they are reported.
+///
+/// Not done: telling a failure caused by a client that reset its
+/// connection while it was served from a broken handler's. After the
+/// handler's exit the kernel cannot say (a handler that exits without
+/// reading sends the reset itself), and a copy of the connection kept in
+/// doorman to look at would be inherited by every child forked
+/// meanwhile, where one stopped before its exec would hold other
+/// clients' connections open.
+pub(super) fn at_fault(svc: &Service, outcome: Outcome) -> bool {
     if let Some(u) = svc.unit.as_deref() {
         if unit_success(u, outcome) {
             return false;
         }
     }
     match outcome {
-        Outcome::Exited(0) => false,
-        Outcome::Exited(126 | 127) => true,
+        Outcome::Exited(c) => c != 0,
         Outcome::Signaled(sig, _) => [
             libc::SIGSEGV,
             libc::SIGBUS,
@@ -411,12 +408,6 @@ pub(super) fn at_fault(
             libc::SIGSYS,
         ]
         .contains(&sig),
-        Outcome::Exited(_) => match &child.conn {
-            Some(c) if svc.limits.crash.is_some_and(|c| lived <= c.lifetime) => {
-                listen::tcp_state(c.as_raw_fd()) != Some(listen::TCP_CLOSE)
-            }
-            _ => true,
-        },
     }
 }
 

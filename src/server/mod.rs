@@ -206,11 +206,6 @@ pub struct Server {
     /// Handler deadlines (`timeout`), earliest first; entries whose child
     /// is gone or has a newer deadline are dropped when they surface.
     timeouts: BinaryHeap<Reverse<(Instant, i32)>>,
-    /// Connections doorman keeps open for the crash-loop lifetime after
-    /// their handler started, oldest first (see `Child::conn`).
-    /// Weak: the child's record owns the connection and closes it when
-    /// the handler is reaped.
-    held_conns: std::collections::VecDeque<(Instant, i32, std::rc::Weak<OwnedFd>)>,
     footprint: Footprint,
     /// A configuration was loaded since the last give-back.
     loaded: bool,
@@ -321,7 +316,6 @@ impl Server {
             scrapes: Vec::new(),
             notify: Notify::from_env(),
             timeouts: BinaryHeap::new(),
-            held_conns: Default::default(),
             global_full: false,
             footprint: Footprint::new(),
             loaded: true,
@@ -414,14 +408,6 @@ impl Server {
         loop {
             let now = Instant::now();
             self.prune_timeouts();
-            // Connections whose handler was reaped set no deadline.
-            while self
-                .held_conns
-                .front()
-                .is_some_and(|(_, _, c)| c.strong_count() == 0)
-            {
-                self.held_conns.pop_front();
-            }
             let inside_next = self.inside.next_deadline();
             let timeout = if self.backlog.is_empty() && self.inside.again.is_empty() {
                 self.next_deadline()
@@ -514,7 +500,6 @@ impl Server {
             .chain(self.scrapes.iter().flatten().map(|s| s.deadline))
             .chain(self.emfile_until)
             .chain(self.timeouts.peek().map(|Reverse((t, _))| *t))
-            .chain(self.held_conns.front().map(|(t, _, _)| *t))
             .min()
     }
 
@@ -522,23 +507,6 @@ impl Server {
     /// scrapes whose time has come.
     fn expire(&mut self, now: Instant) {
         self.expire_timeouts(now);
-        // Past the crash-loop lifetime a handler's failure no longer
-        // counts: its connection is the handler's alone again.
-        while self.held_conns.front().is_some_and(|(t, _, _)| *t <= now) {
-            if let Some((_, pid, conn)) = self.held_conns.pop_front() {
-                let Some(conn) = conn.upgrade() else {
-                    continue; // reaped already
-                };
-                if let Some(c) = self.children.get_mut(pid) {
-                    if c.conn
-                        .as_ref()
-                        .is_some_and(|x| std::rc::Rc::ptr_eq(x, &conn))
-                    {
-                        c.conn = None;
-                    }
-                }
-            }
-        }
         self.expire_inside(now);
         if self.emfile_until.is_some_and(|t| t <= now) {
             self.emfile_until = None;
