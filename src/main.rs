@@ -114,6 +114,9 @@ fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error
     } else {
         None
     };
+    if let Some((old, new)) = spawn::image::lift_nofile() {
+        log::debug!("RLIMIT_NOFILE raised from {old} to {new}; handlers get {old}");
+    }
     let started = server::Server::start(loaded, trap, plan.options).and_then(|mut server| {
         if let Some(p) = pid_path {
             write_pidfile(p)

@@ -543,8 +543,10 @@ impl Server {
                 Internal::Daytime => Some(proto::daytime(wall)),
                 Internal::Time => Some(proto::rfc868_time(wall).to_vec()),
                 Internal::Chargen => {
-                    // RFC 864: a datagram of 0 to 512 characters.
-                    let len = (now.elapsed().subsec_nanos() as usize ^ n) % 513;
+                    // RFC 864: a datagram of 0 to 512 characters; never
+                    // more than the request had, so that a spoofed source
+                    // cannot use it to amplify a flood.
+                    let len = n.min(512);
                     let mut out = vec![0u8; len];
                     proto::chargen_fill(0, &mut out);
                     Some(out)

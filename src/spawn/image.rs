@@ -323,6 +323,12 @@ impl Image {
             .iter()
             .map(|r| (r.resource, r.soft, r.hard))
             .collect();
+        if let Some(&(soft, hard)) = HANDLER_NOFILE.get() {
+            let nofile = libc::RLIMIT_NOFILE as c_int;
+            if !rlimits.iter().any(|r| r.0 == nofile) {
+                rlimits.insert(0, (nofile, soft, hard));
+            }
+        }
         rlimits.truncate(MAX_RLIMITS);
         let template = match (&executor, &svc.handler) {
             (Some(args), _) if args.iter().any(|a| a.contains(INSTANCE_MARK)) => Some(args.clone()),
@@ -359,6 +365,37 @@ impl Image {
             scratch: Default::default(),
         }
     }
+}
+
+/// The `RLIMIT_NOFILE` doorman started with, when it raised its own soft
+/// limit to the hard one (see [`lift_nofile`]): what handlers get back.
+static HANDLER_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Raises doorman's soft `RLIMIT_NOFILE` to its hard limit, so that a
+/// flood of connections to one service cannot take the descriptors
+/// another needs to accept; handlers get the limit doorman was given
+/// (programs using `select` break above 1,024), unless their service
+/// sets one. Returns (old soft, new soft) when it changed.
+pub fn lift_nofile() -> Option<(u64, u64)> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 || rl.rlim_cur >= rl.rlim_max {
+            return None;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            return None;
+        }
+    }
+    let _ = HANDLER_NOFILE.set((rl.rlim_cur, rl.rlim_max));
+    Some((rl.rlim_cur, rl.rlim_max))
 }
 
 /// Whether a unit asks for more than the raw child does.

@@ -109,9 +109,14 @@ fn internal_udp_services_and_loop_protection() {
     assert!(buf[..n].ends_with(b"\r\n") && n == 26, "{:?}", &buf[..n]);
     c.send_to(b"x", d.addr(7)).unwrap();
     assert_eq!(c.recv(&mut buf).unwrap(), 4);
+    // chargen answers with no more than the request had (no
+    // amplification), 512 at most.
     c.send_to(b"x", d.addr(8)).unwrap();
     let n = c.recv(&mut buf).unwrap();
-    assert!(n <= 512 && buf[..n].iter().all(|b| b.is_ascii()));
+    assert!(n == 1 && buf[..n].iter().all(|b| b.is_ascii()), "{n}");
+    c.send_to(&[b'q'; 900], d.addr(8)).unwrap();
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(n, 512);
     // Loop protection: no answer to a privileged port or an internal
     // service's port (the echo <-> chargen storm).
     if is_root() {

@@ -180,3 +180,30 @@ fn a_crash_signal_counts_and_sigpipe_does_not() {
     assert!(!line.contains(&sigpipe), "{line}");
     assert_eq!(d.log.count(&["pause service="]), 1, "{}", d.log.text());
 }
+
+#[test]
+fn doorman_lifts_its_fd_limit_and_handlers_keep_theirs() {
+    let d = Doorman::start(
+        TempDir::new(),
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            "ulimit -n; ulimit -Hn".into(),
+        ],
+        Opts {
+            wrapper: vec!["prlimit".into(), "--nofile=256:4096".into(), "--".into()],
+            ..Opts::default()
+        },
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((f[3], f[4]), ("4096", "4096"), "{line}");
+    assert_eq!(talk(d.addr(0), b""), "256\n4096\n");
+}
