@@ -21,6 +21,14 @@ use crate::proxy::{self, Header};
 pub(super) const INSIDE_BASE: usize = 1 << 41;
 pub(super) const PENDING_BASE: usize = 1 << 42;
 pub(super) const SESSION_BASE: usize = 1 << 43;
+
+/// UDP sessions of one `dgram nowait` service at once, unless its
+/// `max-child=` says otherwise (each is a handler process; sources can be
+/// spoofed).
+pub(super) const UDP_SESSIONS: u32 = 64;
+/// UDP sessions at once from one /24 (IPv4) or /64 (IPv6), unless the
+/// service's `max-child-per-ip=` says otherwise.
+pub(super) const UDP_SESSIONS_PER_NET: u32 = 16;
 /// An internal connection with no traffic either way for this long is
 /// closed (a chargen client that never reads costs one socket, no more).
 pub(super) const INSIDE_IDLE: Duration = Duration::from_secs(60);
@@ -86,6 +94,13 @@ impl<T> Slab<T> {
 
     pub(super) fn len(&self) -> usize {
         self.items.len() - self.free.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, t.as_ref()?)))
     }
 
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
@@ -751,10 +766,37 @@ impl Server {
     fn session_open(&mut self, li: usize, s: usize, local: SocketAddr, from: SocketAddr, n: usize) {
         let now = Instant::now();
         let shown = from.to_string();
+        // UDP sources can be spoofed: unless the service sets its own
+        // limits, at most UDP_SESSIONS sessions, and UDP_SESSIONS_PER_NET
+        // per /24 (IPv4) or /64 (IPv6).
+        let net = |ip: IpAddr| {
+            let ip = ip.to_canonical();
+            crate::config::acl::mask(ip, if ip.is_ipv4() { 24 } else { 64 })
+        };
+        let (mut total, mut same_net) = (0u32, 0u32);
+        for (_, x) in self.inside.sessions.iter() {
+            if self
+                .listeners
+                .get(x.listener)
+                .is_some_and(|l| l.service == s)
+            {
+                total += 1;
+                if net(x.peer.ip()) == net(from.ip()) {
+                    same_net += 1;
+                }
+            }
+        }
         let rt = &mut self.services[s];
         let key = Some(policy::source_key(from.ip(), &rt.svc.limits));
+        let limits = &rt.svc.limits;
         let refused = if !policy::allowed(&rt.svc.access, from.ip()) {
             Some(Reason::Denied)
+        } else if limits.max_instances.is_none() && total >= UDP_SESSIONS {
+            Some(Reason::Instances { max: UDP_SESSIONS })
+        } else if limits.max_per_source.is_none() && same_net >= UDP_SESSIONS_PER_NET {
+            Some(Reason::SourceInstances {
+                max: UDP_SESSIONS_PER_NET,
+            })
         } else if rt.paused_until.is_some() || self.global_full {
             Some(Reason::Paused)
         } else {

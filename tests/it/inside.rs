@@ -359,7 +359,8 @@ fn udp_sessions_one_handler_per_peer() {
     );
     let d = Doorman::with_conf(
         dir,
-        "127.0.0.1:0 dgram udp nowait root {dir}/udp-echo udp-echo\n",
+        // 20 peers from one address: more than the default per-/24 bound.
+        "127.0.0.1:0 dgram udp nowait,max-child-per-ip=20 root {dir}/udp-echo udp-echo\n",
         &[],
     );
     let svc = d.addr(0);
@@ -531,4 +532,46 @@ fn udp_sessions_over_the_instance_limit_are_dropped_and_logged() {
     // And ends it, so that no handler outlives the test.
     second.send_to(b"quit", svc).unwrap();
     assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 2));
+}
+
+#[test]
+fn udp_sessions_are_bounded_per_network() {
+    let dir = TempDir::new();
+    dir.write(
+        "udp-hold",
+        "#!/usr/bin/python3\nimport socket\ns = socket.socket(fileno=0)\nwhile True:\n    d = s.recv(65535)\n    s.send(b'ok')\n",
+        true,
+    );
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 dgram udp nowait root {dir}/udp-hold udp-hold\n",
+        &[],
+    );
+    let svc = d.addr(0);
+    // 1,000 datagrams from 200 ports of 127.0.0.1 (a spoofer's view):
+    // at most 16 sessions from that /24.
+    let socks: Vec<UdpSocket> = (0..200)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for _ in 0..5 {
+        for u in &socks {
+            let _ = u.send_to(b"x", svc);
+        }
+    }
+    assert!(eventually(DEADLINE, || d.log.count(&["accept service="]) >= 16));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.log.count(&["accept service="]), 16, "{}", d.log.text());
+    assert!(
+        d.log.text().contains("per-source-instances"),
+        "{}",
+        d.log.text()
+    );
+    // Another network still gets a session and its answer.
+    let other = UdpSocket::bind("127.0.1.1:0").unwrap();
+    other.set_read_timeout(Some(DEADLINE)).unwrap();
+    other.send_to(b"x", svc).unwrap();
+    let mut b = [0u8; 16];
+    let n = other.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"ok");
+    assert_eq!(children_of(d.pid()).len(), 17);
 }
