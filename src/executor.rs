@@ -431,10 +431,6 @@ impl Log {
     }
 }
 
-fn errno_text(e: nix::errno::Errno) -> &'static str {
-    e.desc()
-}
-
 fn cstr(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
@@ -814,7 +810,7 @@ fn file_system(ops: &[Op]) -> Result<(), String> {
             if optional && e == Errno::ENOENT {
                 continue;
             }
-            return Err(format!("{op}: {}", errno_text(e)));
+            return Err(format!("{op}: {}", e.desc()));
         }
     }
     Ok(())

@@ -50,19 +50,22 @@ fn client(src: &str, addr: SocketAddr, req: &[u8]) -> (String, Duration) {
     (out, t.elapsed())
 }
 
+/// `doorman --listen 127.0.0.1:0 -- /bin/sh -c SCRIPT`.
+fn listen_sh(script: &str, opts: Opts) -> Doorman {
+    let args = ["--listen", "127.0.0.1:0", "--", "/bin/sh", "-c", script];
+    Doorman::start(TempDir::new(), &args.map(String::from), opts)
+}
+
+/// A client that sends a request and waits for the end of the answer.
+fn send_and_wait(addr: SocketAddr) {
+    let mut s = connect_from(ip("127.0.0.1"), addr);
+    s.write_all(b"req\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+}
+
 fn burst_then_two_clients(handler: &str, req: &[u8]) {
-    let d = Doorman::start(
-        TempDir::new(),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--".into(),
-            "/bin/sh".into(),
-            "-c".into(),
-            handler.into(),
-        ],
-        Opts::default(),
-    );
+    let d = listen_sh(handler, Opts::default());
     let addr = d.addr(0);
     // Warm up: one served, to count fds with a handler's worth of state.
     assert_eq!(client("127.0.0.1", addr, req).0, "ok\n");
@@ -120,10 +123,7 @@ fn a_broken_handler_is_still_paused_briefly_and_recovers() {
     );
     // Clients that send a request and wait: the handler is to blame.
     for _ in 0..10 {
-        let mut s = connect_from(ip("127.0.0.1"), d.addr(0));
-        s.write_all(b"req\n").unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
+        send_and_wait(d.addr(0));
     }
     let line = d
         .log
@@ -156,10 +156,7 @@ fn a_crash_signal_counts_and_sigpipe_does_not() {
         &[],
     );
     for _ in 0..6 {
-        let mut s = connect_from(ip("127.0.0.1"), d.addr(0));
-        let mut out = Vec::new();
-        s.write_all(b"req\n").unwrap();
-        let _ = s.read_to_end(&mut out);
+        send_and_wait(d.addr(0));
     }
     assert!(
         eventually(DEADLINE, || d.log.count(&["signal=SIGPIPE"]) == 6),
@@ -167,10 +164,7 @@ fn a_crash_signal_counts_and_sigpipe_does_not() {
         d.log.text()
     );
     for _ in 0..3 {
-        let mut s = connect_from(ip("127.0.0.1"), d.addr(1));
-        let mut out = Vec::new();
-        s.write_all(b"req\n").unwrap();
-        let _ = s.read_to_end(&mut out);
+        send_and_wait(d.addr(1));
     }
     let line = d
         .log
@@ -183,16 +177,8 @@ fn a_crash_signal_counts_and_sigpipe_does_not() {
 
 #[test]
 fn doorman_lifts_its_fd_limit_and_handlers_keep_theirs() {
-    let d = Doorman::start(
-        TempDir::new(),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--".into(),
-            "/bin/sh".into(),
-            "-c".into(),
-            "ulimit -n; ulimit -Hn".into(),
-        ],
+    let d = listen_sh(
+        "ulimit -n; ulimit -Hn",
         Opts {
             wrapper: vec!["prlimit".into(), "--nofile=256:4096".into(), "--".into()],
             ..Opts::default()

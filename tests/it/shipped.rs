@@ -70,27 +70,13 @@ fn kill_handlers(d: &Doorman) {
 
 #[test]
 fn openbsd_inetd_conf_daytime_pair_serves_v4_and_v6() {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openbsd-inetd.conf"),
-    )
-    .unwrap();
-    assert!(
-        text.contains("daytime\t\tstream\ttcp\tnowait\troot\tinternal") || text.contains("daytime")
-    );
-    let (code, _, err) = run(&[
-        "--check",
-        "-f",
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/openbsd-inetd.conf")
-            .to_str()
-            .unwrap(),
-    ]);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openbsd-inetd.conf");
+    let (code, _, err) = run(&["--check", "-f", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     if !is_root() {
         return;
     }
     // Port 13 is free in a namespace of its own: the file as shipped.
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openbsd-inetd.conf");
     let d = Doorman::start(
         TempDir::new(),
         &["-f".into(), file.to_str().unwrap().into()],
