@@ -187,6 +187,9 @@ struct Source {
 #[derive(Debug, Default)]
 pub struct Counters {
     running: u32,
+    /// Connections from a trusted proxy whose header has not arrived:
+    /// instances too (each holds one of doorman's descriptors).
+    pending: u32,
     window: Window,
     /// The poll count of connections that came on no socket of the
     /// service's own (tcpmux).
@@ -217,15 +220,39 @@ pub fn escalated(level: u32, cap: Duration) -> Duration {
         .min(cap)
 }
 
+/// Whether an end counted as a failure could be its client's doing: a
+/// failing exit status other than 126 and 127 (cannot execute, not
+/// found). Crash signals and exec failures are the handler's alone.
+fn ambiguous(how: &str) -> bool {
+    how.starts_with("status=") && !matches!(how, "status=126" | "status=127")
+}
+
 impl Counters {
     /// Handlers running now.
     pub fn running(&self) -> u32 {
         self.running
     }
 
-    /// True when the instance limit is reached.
+    /// PROXY headers being waited for now.
+    pub fn pending(&self) -> u32 {
+        self.pending
+    }
+
+    /// A PROXY header is being waited for (`true`), or no longer.
+    pub fn set_pending(&mut self, started: bool) {
+        if started {
+            self.pending += 1;
+        } else {
+            self.pending = self.pending.saturating_sub(1);
+        }
+    }
+
+    /// True when the instance limit is reached (pending PROXY reads
+    /// count).
     pub fn at_capacity(&self, limits: &Limits) -> bool {
-        limits.max_instances.is_some_and(|m| self.running >= m)
+        limits
+            .max_instances
+            .is_some_and(|m| self.running + self.pending >= m)
     }
 
     /// Decides about one accepted connection from `source` (already a
@@ -239,7 +266,7 @@ impl Counters {
         poll: Option<&mut Window>,
     ) -> Decision {
         if let Some(max) = limits.max_instances {
-            if self.running >= max {
+            if self.running + self.pending >= max {
                 return Decision::Refuse(Reason::Instances { max });
             }
         }
@@ -372,6 +399,10 @@ impl Counters {
     ) -> Option<(Reason, Instant, String)> {
         if succeeded {
             self.crash_level = 0;
+            // A handler that has just served a client is not broken: the
+            // failing statuses before it were its clients' doing as likely
+            // as its own (a client that resets makes a write fail).
+            self.failures.retain(|(_, how)| !ambiguous(how));
         }
         let crash = limits.crash?;
         if !failed || lived > crash.lifetime || crash.max == 0 {
@@ -806,6 +837,36 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(c.ended(&off, true, false, quick, "status=1", t), None);
         }
+    }
+
+    #[test]
+    fn a_success_clears_failing_statuses_but_not_crashes() {
+        let l = Limits {
+            crash: Some(Crash {
+                max: 3,
+                window: Duration::from_secs(10),
+                lifetime: Duration::from_secs(2),
+                pause: Duration::from_secs(30),
+            }),
+            ..Limits::default()
+        };
+        let (t, quick) = (Instant::now(), Duration::from_millis(10));
+        let mut c = Counters::default();
+        // Two clients reset mid-answer (status=1), one is served: the
+        // handler works, and two more resets do not pause it.
+        for how in ["status=1", "status=1"] {
+            assert_eq!(c.ended(&l, true, false, quick, how, t), None);
+        }
+        assert_eq!(c.ended(&l, false, true, quick, "status=0", t), None);
+        for how in ["status=1", "status=1"] {
+            assert_eq!(c.ended(&l, true, false, quick, how, t), None);
+        }
+        // A crash signal or "not found" stays counted across a success.
+        let mut c = Counters::default();
+        c.ended(&l, true, false, quick, "signal=SIGSEGV", t);
+        c.ended(&l, true, false, quick, "status=127", t);
+        c.ended(&l, false, true, quick, "status=0", t);
+        assert!(c.ended(&l, true, false, quick, "signal=SIGSEGV", t).is_some());
     }
 
     #[test]

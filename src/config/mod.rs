@@ -462,7 +462,13 @@ pub struct Limits {
     /// inetd's 10 minutes; by default they escalate (see
     /// `policy::escalated`).
     pub rate_fixed: bool,
+    /// A `dgram nowait` session with no datagram either way for this
+    /// long ends (its handler is stopped); `None`: never.
+    pub session_idle: Option<Duration>,
 }
+
+/// How long a quiet UDP session lives by default.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(60);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -475,6 +481,7 @@ impl Default for Limits {
             prefix4: 32,
             prefix6: 64,
             rate_fixed: false,
+            session_idle: Some(DEFAULT_SESSION_IDLE),
             crash: Some(DEFAULT_CRASH),
         }
     }
@@ -871,6 +878,12 @@ impl fmt::Display for Service {
             )?,
             Some(_) => {}
             None => write!(f, " crash=off")?,
+        }
+        if l.session_idle != Some(DEFAULT_SESSION_IDLE) {
+            match l.session_idle {
+                Some(t) => write!(f, " session-idle={}s", t.as_secs_f64())?,
+                None => write!(f, " session-idle=0")?,
+            }
         }
         let a = &self.access;
         for (name, list) in [("allow", &a.allow), ("deny", &a.deny)] {

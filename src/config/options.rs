@@ -23,6 +23,7 @@ pub const NAMES: &[&str] = &[
     "max-child-per-ip",
     "rate",
     "rate-pause",
+    "session-idle",
     "source-rate",
     "source-prefix",
     "crash",
@@ -95,6 +96,10 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
                 "escalate" => false,
                 _ => return Err(format!("rate-pause={v:?}: expected fixed or escalate")),
             }
+        }
+        "session-idle" => {
+            let t = secs(v, "session-idle", false)?;
+            raw.limits.session_idle = (!t.is_zero()).then_some(t);
         }
         "source-rate" => {
             // source-rate=N/SECONDS[/BURST]: a token bucket per source.

@@ -57,6 +57,7 @@ fn limits() -> impl Strategy<Value = Limits> {
                 prefix4: p4,
                 prefix6: p6,
                 rate_fixed: false,
+                session_idle: None,
                 crash: crash.map(|(max, w, l, p)| Crash {
                     max,
                     window: ms(w),

@@ -202,10 +202,7 @@ impl Server {
         };
         log_accept(&self.services[s].label, &shown, &peer, pid);
         self.track(pid, s, tracked, shown, now, None, None);
-        if self.services[s]
-            .counters
-            .at_capacity(&self.services[s].svc.limits)
-        {
+        if self.services[s].full() {
             self.sync(s);
         }
     }

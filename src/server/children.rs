@@ -384,6 +384,9 @@ impl Server {
 /// connection before it was accepted started no handler at all (see
 /// `admit.rs`). Exec failures are counted where they are reported.
 ///
+/// A success clears the failing statuses counted before it (see
+/// `policy::Counters::ended`): a handler that serves clients is not broken.
+///
 /// Not done: telling a failure caused by a client that reset its
 /// connection while it was served from a broken handler's. After the
 /// handler's exit the kernel cannot say (a handler that exits without

@@ -33,13 +33,18 @@ pub(super) const UDP_SESSIONS_PER_NET: u32 = 16;
 /// closed (a chargen client that never reads costs one socket, no more).
 pub(super) const INSIDE_IDLE: Duration = Duration::from_secs(60);
 /// Internal connections per service when no instance limit is set.
-const INSIDE_MAX: u32 = 1024;
+pub(super) const INSIDE_MAX: u32 = 1024;
 /// An echo connection holds at most this much not yet sent back.
 const ECHO_BUF: usize = 4096;
 /// Bytes moved for one connection per turn before others get theirs.
 const TURN_BYTES: usize = 256 * 1024;
 /// The PROXY header must arrive within this time.
 pub(super) const PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+/// PROXY headers waited for at once per service (fewer when its share of
+/// descriptors is smaller): a proxy that connects and says nothing holds
+/// no more; the next clients wait in the backlog.
+pub(super) const PROXY_PENDING: u32 = 64;
+
 /// A tcpmux request line must arrive within this time.
 const TCPMUX_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams handled per readable socket per turn.
@@ -165,6 +170,15 @@ pub(super) struct Session {
     fd: OwnedFd,
     pub(super) listener: usize,
     peer: SocketAddr,
+    /// Its handler.
+    pid: i32,
+    /// The last datagram either way.
+    last: Instant,
+    /// The service's `session-idle`.
+    idle: Option<Duration>,
+    /// Idle: its handler was told to stop; new datagrams from the peer
+    /// start a new session.
+    ending: bool,
 }
 
 /// How a connection's turn ended.
@@ -210,6 +224,11 @@ impl Inside {
             self.pending.get(token - PENDING_BASE).map(|p| p.deadline)
         } else if (INSIDE_BASE..PENDING_BASE).contains(&token) {
             self.conns.get(token - INSIDE_BASE).map(|c| c.deadline())
+        } else if token >= SESSION_BASE {
+            self.sessions
+                .get(token - SESSION_BASE)
+                .filter(|s| !s.ending)
+                .and_then(|s| s.idle.map(|i| s.last + i))
         } else {
             None
         }
@@ -271,8 +290,8 @@ impl Server {
         now: Instant,
     ) {
         self.served_since_trim = true;
+        let cap = self.services[s].inside_cap();
         let rt = &mut self.services[s];
-        let cap = rt.svc.limits.max_instances.unwrap_or(INSIDE_MAX);
         if rt.counters.running() > cap {
             rt.counters.release(tracked);
             return self.refuse(
@@ -338,6 +357,10 @@ impl Server {
             return self.inside_close(slot, "error");
         }
         self.inside.timers.push(Reverse((deadline, token)));
+        if self.services[s].full() {
+            // Its share is used: the next clients wait in the backlog.
+            self.sync(s);
+        }
         self.inside_event(slot);
     }
 
@@ -591,6 +614,17 @@ impl Server {
         shown: String,
         now: Instant,
     ) {
+        let rt = &mut self.services[s];
+        if rt.full() {
+            // Accepted in the batch that filled it.
+            let max = rt
+                .svc
+                .limits
+                .max_instances
+                .unwrap_or(PROXY_PENDING.min(rt.fd_share));
+            return self.refuse(s, conn, Reason::Instances { max }, None, &shown, now);
+        }
+        rt.counters.set_pending(true);
         let fd = conn.as_raw_fd();
         let _ = set_nonblocking(fd, true);
         let slot = self.inside.pending.insert(Pending {
@@ -608,12 +642,14 @@ impl Server {
                 .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
         {
             error!("register PROXY connection: {e}");
-            self.inside.pending.remove(slot);
-            return;
+            return self.proxy_drop(slot, None);
         }
         self.inside
             .timers
             .push(Reverse((now + PROXY_TIMEOUT, token)));
+        if self.services[s].full() {
+            self.sync(s);
+        }
         self.proxy_event(slot);
     }
 
@@ -654,6 +690,8 @@ impl Server {
                 let got = socket::recv(fd, &mut buf[..len], socket::MsgFlags::MSG_DONTWAIT);
                 let p = self.inside.pending.remove(slot).expect("present");
                 let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                self.services[s].counters.set_pending(false);
+                self.sync(s);
                 if got != Ok(len) {
                     return;
                 }
@@ -709,6 +747,10 @@ impl Server {
         };
         let raw = p.fd.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        if let Some(rt) = self.services.get_mut(p.service) {
+            rt.counters.set_pending(false);
+            self.sync(p.service);
+        }
         // Read away what was peeked, so that closing is a FIN, not a reset.
         let mut sink = [0u8; proxy::MAX];
         let _ = socket::recv(raw, &mut sink, socket::MsgFlags::MSG_DONTWAIT);
@@ -745,7 +787,8 @@ impl Server {
                 Got::Done => return,
             };
             if let Some(&slot) = self.inside.by_peer.get(&(li, from)) {
-                if let Some(sess) = self.inside.sessions.get(slot) {
+                if let Some(sess) = self.inside.sessions.get_mut(slot) {
+                    sess.last = Instant::now();
                     if let Err(e) =
                         socket::send(sess.fd.as_raw_fd(), &self.inside.scratch[..n], SEND)
                     {
@@ -791,8 +834,12 @@ impl Server {
         let limits = &rt.svc.limits;
         let refused = if !policy::allowed(&rt.svc.access, from.ip()) {
             Some(Reason::Denied)
-        } else if limits.max_instances.is_none() && total >= UDP_SESSIONS {
-            Some(Reason::Instances { max: UDP_SESSIONS })
+        } else if limits.max_instances.is_none() && total >= UDP_SESSIONS.min(rt.fd_share) {
+            Some(Reason::Instances {
+                max: UDP_SESSIONS.min(rt.fd_share),
+            })
+        } else if total >= rt.fd_share {
+            Some(Reason::Instances { max: rt.fd_share })
         } else if limits.max_per_source.is_none() && same_net >= UDP_SESSIONS_PER_NET {
             Some(Reason::SourceInstances {
                 max: UDP_SESSIONS_PER_NET,
@@ -859,11 +906,21 @@ impl Server {
         };
         log_accept(&self.services[s].label, &shown, &peer, pid);
         let ours_raw = ours.as_raw_fd();
+        let idle = self.services[s].svc.limits.session_idle;
         let slot = self.inside.sessions.insert(Session {
             fd: ours,
             listener: li,
             peer: from,
+            pid: pid.as_raw(),
+            last: now,
+            idle,
+            ending: false,
         });
+        if let Some(i) = idle {
+            self.inside
+                .timers
+                .push(Reverse((now + i, SESSION_BASE + slot)));
+        }
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&ours_raw),
             Token(SESSION_BASE + slot),
@@ -878,9 +935,10 @@ impl Server {
     /// The handler wrote datagrams: send each to its peer from the
     /// service's socket.
     pub(super) fn session_event(&mut self, slot: usize) {
-        let Some(sess) = self.inside.sessions.get(slot) else {
+        let Some(sess) = self.inside.sessions.get_mut(slot) else {
             return;
         };
+        sess.last = Instant::now();
         let (fd, li, peer) = (sess.fd.as_raw_fd(), sess.listener, sess.peer);
         let Some(l) = self.listeners.get(li) else {
             return;
@@ -911,8 +969,59 @@ impl Server {
         if let Some(sess) = self.inside.sessions.remove(slot) {
             let raw = sess.fd.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
-            self.inside.by_peer.remove(&(sess.listener, sess.peer));
+            let key = (sess.listener, sess.peer);
+            if self.inside.by_peer.get(&key) == Some(&slot) {
+                self.inside.by_peer.remove(&key);
+            }
         }
+    }
+
+    /// A session idle for its service's `session-idle` (sources can be
+    /// forged, and a session holds a process and a descriptor): its handler gets the service's
+    /// stop signal (process group), then SIGKILL after the grace period
+    /// (through the handler's deadline); the peer's next datagram starts a
+    /// new session. The session stays counted until the handler exits.
+    fn session_idle(&mut self, slot: usize, now: Instant) {
+        let Some(sess) = self.inside.sessions.get_mut(slot) else {
+            return;
+        };
+        sess.ending = true;
+        let (key, pid) = ((sess.listener, sess.peer), sess.pid);
+        let idle = now.saturating_duration_since(sess.last);
+        if self.inside.by_peer.get(&key) == Some(&slot) {
+            self.inside.by_peer.remove(&key);
+        }
+        let Some(c) = self.children.get_mut(pid) else {
+            return;
+        };
+        let (signal, grace) =
+            self.services
+                .get(c.service)
+                .map_or((libc::SIGTERM, super::DEFAULT_GRACE), |rt| {
+                    (
+                        rt.svc.stop.signal,
+                        rt.svc.stop.timeout.unwrap_or(super::DEFAULT_GRACE),
+                    )
+                });
+        let sig = NixSignal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
+        c.timed_out = true;
+        c.deadline = Some(now + grace);
+        self.timeouts.push(Reverse((now + grace, pid)));
+        let p = nix::unistd::Pid::from_raw(pid);
+        let _ = killpg(p, sig);
+        let _ = nix::sys::signal::kill(p, sig);
+        emit(
+            Level::Info,
+            "idle",
+            &[
+                ("service", V::S(&c.label)),
+                ("pid", V::N(pid.into())),
+                ("peer", V::S(&c.peer)),
+                ("idle_ms", V::N(idle.as_millis() as i64)),
+                ("signal", V::S(sig.as_str())),
+                ("kill_in_ms", V::N(grace.as_millis() as i64)),
+            ],
+        );
     }
 
     /// Internal connections and PROXY reads past their deadline.
@@ -929,7 +1038,9 @@ impl Server {
                 self.inside.timers.push(Reverse((current, tok)));
                 continue;
             }
-            if tok >= PENDING_BASE {
+            if tok >= SESSION_BASE {
+                self.session_idle(tok - SESSION_BASE, now);
+            } else if tok >= PENDING_BASE {
                 let slot = tok - PENDING_BASE;
                 self.proxy_drop(
                     slot,
@@ -1006,7 +1117,9 @@ impl Server {
             match old_to_new_listener.get(sess.listener).copied().flatten() {
                 Some(n) => {
                     sess.listener = n;
-                    by_peer.insert((n, sess.peer), i);
+                    if !sess.ending {
+                        by_peer.insert((n, sess.peer), i);
+                    }
                 }
                 None => sess.listener = usize::MAX,
             }

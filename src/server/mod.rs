@@ -111,7 +111,55 @@ struct ServiceRt {
     counters: Counters,
     paused_until: Option<Instant>,
     listeners: Vec<usize>,
+    /// How many of doorman's descriptors this service's own tables
+    /// (internal connections, pending PROXY reads, UDP sessions) may
+    /// hold: its share of the fd limit (see `set_fd_shares`).
+    fd_share: u32,
 }
+
+impl ServiceRt {
+    /// How many internal connections may be open at once.
+    fn inside_cap(&self) -> u32 {
+        self.svc
+            .limits
+            .max_instances
+            .unwrap_or(inside::INSIDE_MAX)
+            .min(self.fd_share)
+    }
+
+    /// True when the service takes no connection now: its instance limit,
+    /// or its share of descriptors, is reached.
+    fn full(&self) -> bool {
+        let c = &self.counters;
+        c.at_capacity(&self.svc.limits)
+            || (self.svc.internal().is_some_and(holds_fds) && c.running() >= self.inside_cap())
+            || (self.svc.proxy.is_some() && c.pending() >= inside::PROXY_PENDING.min(self.fd_share))
+    }
+
+    /// Whether the service keeps descriptors of clients in doorman.
+    fn holds_fds(&self) -> bool {
+        self.svc.internal().is_some_and(holds_fds)
+            || self.svc.proxy.is_some()
+            || (self.svc.mode == Mode::Accept
+                && self.svc.internal().is_none()
+                && self
+                    .svc
+                    .endpoints
+                    .iter()
+                    .any(|e| e.sock_type == SockType::Dgram))
+    }
+}
+
+/// Internal services that keep a connection open in the loop (daytime
+/// and time answer and close at once).
+fn holds_fds(k: crate::config::Internal) -> bool {
+    use crate::config::Internal;
+    !matches!(k, Internal::Daytime | Internal::Time)
+}
+
+/// Descriptors kept out of every service's share: accepts, handler
+/// start-up (report pipes, socket pairs), scrapes, reloads.
+const FD_RESERVE: u64 = 64;
 
 /// A service's spawn image, made on first use. (A function of the two
 /// fields, so that the rest of the service can be borrowed meanwhile.)
@@ -570,7 +618,7 @@ impl Server {
         if self.emfile_until.is_some() || self.global_full || l.paused_until.is_some() {
             return false;
         }
-        let full = rt.counters.at_capacity(&rt.svc.limits);
+        let full = rt.full();
         match rt.svc.mode {
             // Over a limit whose fate is not `queue`, the listener stays
             // watched and each client gets its fate.
@@ -642,7 +690,7 @@ impl Server {
                 .any(|&l| self.listeners[l].wait.running > 0);
             let state = match rt.paused_until {
                 Some(t) => format!("paused-for-{}s", t.saturating_duration_since(now).as_secs()),
-                None if rt.counters.at_capacity(&rt.svc.limits) => "full".to_string(),
+                None if rt.full() => "full".to_string(),
                 None if busy => "busy(wait)".to_string(),
                 None => "listening".to_string(),
             };

@@ -131,6 +131,7 @@ impl Server {
                 counters: Counters::default(),
                 paused_until: None,
                 listeners: mine,
+                fd_share: 0,
             });
         }
         // Counters and pauses follow the service that took over a socket.
@@ -194,6 +195,7 @@ impl Server {
         self.listeners = new_listeners;
         self.listeners.shrink_to_fit();
         self.set_loop_ports();
+        self.set_fd_shares();
         self.backlog = (0..self.listeners.len())
             .filter(|&i| self.listeners[i].registered)
             .collect();
@@ -201,6 +203,34 @@ impl Server {
             self.sync(i);
         }
         Ok(left_out)
+    }
+
+    /// Shares out the descriptors doorman may hold for clients: its fd
+    /// limit less the listeners and a reserve ([`FD_RESERVE`], for
+    /// accepts and handler start-up), split evenly between the services
+    /// whose tables hold client descriptors (internal connections,
+    /// pending PROXY reads, UDP sessions). No service can then take the
+    /// descriptors another needs to accept. A limit the configuration
+    /// sets above its share is cut, with a warning.
+    pub(super) fn set_fd_shares(&mut self) {
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        let reserve = FD_RESERVE.min(limit / 2);
+        let budget = limit.saturating_sub(reserve + self.listeners.len() as u64);
+        let holders = self.services.iter().filter(|rt| rt.holds_fds()).count() as u64;
+        let share = (budget / holders.max(1)).clamp(1, u64::from(u32::MAX)) as u32;
+        for rt in &mut self.services {
+            rt.fd_share = share;
+            if let Some(max) = rt.svc.limits.max_instances.filter(|&m| m > share) {
+                if rt.holds_fds() && rt.svc.proxy.is_none() {
+                    warn!(
+                        "{}: at most {share} connections held at once, not {max}: \
+                         the fd limit ({limit}) is shared by {holders} such services ({})",
+                        rt.label, rt.svc.origin
+                    );
+                }
+            }
+        }
     }
 
     /// SIGHUP: read the configuration again; swap only if all of it is good.

@@ -193,3 +193,179 @@ fn doorman_lifts_its_fd_limit_and_handlers_keep_theirs() {
     assert_eq!((f[3], f[4]), ("4096", "4096"), "{line}");
     assert_eq!(talk(d.addr(0), b""), "256\n4096\n");
 }
+
+/// Lets this test process open as many sockets as its hard limit allows
+/// (the flood tests hold several hundred).
+fn raise_own_nofile() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
+/// A connect that does not wait: past a full backlog the kernel keeps
+/// retrying the SYN on its own, as a flood's clients do.
+fn connect_nb(addr: SocketAddr) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(a) = addr else {
+        panic!("IPv4 only")
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a fresh socket we own, connected with a sockaddr_in we own.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// Three services whose tables hold client descriptors (internal echo,
+/// a trusted-proxy service, UDP sessions) and a plain one, under
+/// `ulimit -n 256`: each of the three gets (256 - 64 reserve - 4
+/// listeners) / 3 = 62 descriptors.
+fn under_256_fds() -> Doorman {
+    raise_own_nofile();
+    let dir = TempDir::new();
+    let conf = "\
+127.0.0.1:0 stream tcp nowait root internal echo
+127.0.0.1:0 stream tcp nowait,proxy-protocol=v1,proxy-from=127.0.0.1 root /bin/echo echo served
+127.0.0.1:0 dgram udp nowait root /bin/sleep sleep 30
+127.0.0.1:0 stream tcp nowait root /bin/echo echo ok
+";
+    let path = dir.write("doorman.conf", conf, false);
+    let args = ["-f".to_string(), path.to_str().unwrap().to_string()];
+    Doorman::start(
+        dir,
+        &args,
+        Opts {
+            wrapper: vec!["prlimit".into(), "--nofile=256:256".into(), "--".into()],
+            ..Opts::default()
+        },
+    )
+}
+
+/// The plain service answers within a second.
+fn other_service_answers(d: &Doorman) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect_timeout(&d.addr(3), Duration::from_secs(1)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert_eq!(out, "ok\n", "after {:?}\n{}", t.elapsed(), d.log.text());
+    eprintln!("the other service answered in {:?}", t.elapsed());
+}
+
+/// doorman's open descriptors stay under its limit, with room.
+fn fds_within_limit(d: &Doorman) {
+    let n = d.fd_count();
+    assert!(n < 256 - 32, "{n} descriptors open");
+}
+
+#[test]
+fn idle_internal_connections_cannot_take_the_daemons_fds() {
+    let d = under_256_fds();
+    let idle: Vec<_> = (0..300).map(|_| connect_nb(d.addr(0))).collect();
+    assert!(eventually(DEADLINE, || d
+        .log
+        .count(&["accept service=", "internal=echo"])
+        >= 62));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.log.count(&["accept service=", "internal=echo"]),
+        62,
+        "{}",
+        d.log.text()
+    );
+    fds_within_limit(&d);
+    other_service_answers(&d);
+    // The rest waited in the backlog, not refused: once the idle ones
+    // leave, echo serves again.
+    drop(idle);
+    assert_eq!(talk(d.addr(0), b"hi\n"), "hi\n");
+}
+
+#[test]
+fn silent_proxy_connections_count_and_are_bounded() {
+    let d = under_256_fds();
+    let silent: Vec<_> = (0..300).map(|_| connect_nb(d.addr(1))).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    fds_within_limit(&d);
+    other_service_answers(&d);
+    assert_eq!(d.log.count(&["accept service="]), 1, "{}", d.log.text());
+    // Still there: pending reads hold 62 and the rest wait. Once they
+    // leave, a proxy that speaks gets its client served.
+    assert!(d.fd_count() > 62, "{}", d.fd_count());
+    drop(silent);
+    let mut s = connect(d.addr(1));
+    s.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 80\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "served\n", "{}", d.log.text());
+    assert!(
+        d.log.text().contains("peer=192.0.2.7:4000"),
+        "{}",
+        d.log.text()
+    );
+}
+
+#[test]
+fn udp_sessions_are_bounded_by_the_fd_share() {
+    let d = under_256_fds();
+    // 1,000 datagrams from 1,000 source ports, spread over ten /24s (so
+    // that the per-network bound of 16 is not what stops them).
+    for i in 0..1000 {
+        let src = format!("127.0.{}.1:0", 1 + i % 10);
+        let u = std::net::UdpSocket::bind(src).unwrap();
+        let _ = u.send_to(b"x", d.addr(2));
+    }
+    assert!(eventually(DEADLINE, || children_of(d.pid()).len() >= 62));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(children_of(d.pid()).len(), 62, "{}", d.log.text());
+    fds_within_limit(&d);
+    other_service_answers(&d);
+}
+
+#[test]
+fn an_idle_udp_session_ends_and_the_peer_gets_a_new_one() {
+    let dir = TempDir::new();
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 dgram udp nowait,session-idle=1s root /bin/sleep sleep 60\n",
+        &[],
+    );
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.send_to(b"x", d.addr(0)).unwrap();
+    assert!(eventually(DEADLINE, || children_of(d.pid()).len() == 1));
+    assert!(eventually(DEADLINE, || d.log.count(&["idle service="]) == 1));
+    assert!(eventually(DEADLINE, || children_of(d.pid()).is_empty()));
+    let log = d.log.text();
+    assert!(log.contains("signal=SIGTERM"), "{log}");
+    // Its stop was not a failure of the handler.
+    assert!(!log.contains("pause service="), "{log}");
+    u.send_to(b"x", d.addr(0)).unwrap();
+    assert!(eventually(DEADLINE, || d.log.count(&["accept service="]) == 2));
+}
