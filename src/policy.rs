@@ -866,7 +866,9 @@ mod tests {
         c.ended(&l, true, false, quick, "signal=SIGSEGV", t);
         c.ended(&l, true, false, quick, "status=127", t);
         c.ended(&l, false, true, quick, "status=0", t);
-        assert!(c.ended(&l, true, false, quick, "signal=SIGSEGV", t).is_some());
+        assert!(c
+            .ended(&l, true, false, quick, "signal=SIGSEGV", t)
+            .is_some());
     }
 
     #[test]

@@ -65,7 +65,21 @@ fn send_and_wait(addr: SocketAddr) {
 }
 
 fn burst_then_two_clients(handler: &str, req: &[u8]) {
-    let d = listen_sh(handler, Opts::default());
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let maddr = probe.local_addr().unwrap();
+    drop(probe);
+    let args = [
+        "--metrics",
+        &maddr.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "/bin/sh",
+        "-c",
+        handler,
+    ]
+    .map(String::from);
+    let d = Doorman::start(TempDir::new(), &args, Opts::default());
     let addr = d.addr(0);
     // Warm up: one served, to count fds with a handler's worth of state.
     assert_eq!(client("127.0.0.1", addr, req).0, "ok\n");
@@ -99,8 +113,25 @@ fn burst_then_two_clients(handler: &str, req: &[u8]) {
         "{} > {fds}",
         d.fd_count()
     );
-    let metrics = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    assert!(metrics.contains("State:"));
+    // The resets are counted where an operator looks.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{maddr}/metrics"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let doa: u64 = text
+        .lines()
+        .find(|l| l.starts_with("doorman_connections_dead_on_arrival_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    eprintln!("dead on arrival: {doa}");
+    assert!(doa >= 1000, "{text}");
 }
 
 #[test]
