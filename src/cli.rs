@@ -81,6 +81,22 @@ pub struct Args {
     #[argh(option)]
     pub timeout: Option<String>,
 
+    /// with --listen: the program is an ordinary server listening on ADDR (PORT, ADDR:PORT or /PATH): started on the first connection, held clients relayed to it once a connect succeeds
+    #[argh(option)]
+    pub proxy: Option<String>,
+
+    /// with --proxy: stop the program after this long without a connection (e.g. 5m; default never)
+    #[argh(option)]
+    pub idle_stop: Option<String>,
+
+    /// with --proxy: how long a start may take before held clients are closed (default 60s)
+    #[argh(option)]
+    pub start_timeout: Option<String>,
+
+    /// with --proxy: clients held at most while the program starts (default 128; the next wait in the backlog)
+    #[argh(option)]
+    pub max_held: Option<u32>,
+
     /// with --listen: any inetd.conf option KEY=VALUE, e.g. on-full=reset, crash=off, nofile=256 (repeatable; see doorman.conf(5))
     #[argh(option, short = 'o')]
     pub option: Vec<String>,
@@ -208,7 +224,22 @@ impl Args {
             ("--deny", !self.deny.is_empty()),
             ("--timeout", self.timeout.is_some()),
             ("--option", !self.option.is_empty()),
+            ("--proxy", self.proxy.is_some()),
+            ("--idle-stop", self.idle_stop.is_some()),
+            ("--start-timeout", self.start_timeout.is_some()),
+            ("--max-held", self.max_held.is_some()),
         ];
+        if self.proxy.is_none() {
+            for (flag, on) in [
+                ("--idle-stop", self.idle_stop.is_some()),
+                ("--start-timeout", self.start_timeout.is_some()),
+                ("--max-held", self.max_held.is_some()),
+            ] {
+                if on {
+                    return Err(usage(&format!("{flag} needs --proxy")));
+                }
+            }
+        }
         if self.group.is_some() && self.user.is_none() {
             return Err(usage("--group needs --user"));
         }
@@ -405,6 +436,20 @@ impl Args {
         .into_iter()
         .chain([("source-rate", "--source-rate", self.source_rate.clone())])
         .chain([("timeout", "--timeout", self.timeout.clone())])
+        .chain([
+            ("proxy-to", "--proxy", self.proxy.clone()),
+            ("idle-stop", "--idle-stop", self.idle_stop.clone()),
+            (
+                "start-timeout",
+                "--start-timeout",
+                self.start_timeout.clone(),
+            ),
+            (
+                "max-held",
+                "--max-held",
+                self.max_held.map(|n| n.to_string()),
+            ),
+        ])
         .chain(
             self.allow
                 .iter()

@@ -26,6 +26,14 @@ pub struct ServiceMetrics {
     pub exits_success: u64,
     pub exits_failure: u64,
     pub exits_signal: u64,
+    /// On-demand backends: starts, starts that failed (exited or timed
+    /// out before ready), idle stops, connections relayed, bytes each way.
+    pub backend_starts: u64,
+    pub backend_failures: u64,
+    pub backend_idle_stops: u64,
+    pub proxied: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
     buckets: [u64; BUCKETS.len()],
     duration_sum: f64,
     duration_count: u64,
@@ -50,6 +58,9 @@ pub struct Gauges {
     pub running: u64,
     pub paused: bool,
 }
+
+/// Reads one counter of a service.
+type Field = fn(&ServiceMetrics) -> u64;
 
 /// Everything doorman counts, by service label.
 #[derive(Debug, Default)]
@@ -115,6 +126,47 @@ impl Metrics {
                 lbl(s),
                 m.spawned
             );
+        }
+        let backend: [(&str, &str, Field); 6] = [
+            (
+                "doorman_backend_starts_total",
+                "On-demand backend starts (cold starts).",
+                |m| m.backend_starts,
+            ),
+            (
+                "doorman_backend_failures_total",
+                "Backend starts that exited or timed out before ready.",
+                |m| m.backend_failures,
+            ),
+            (
+                "doorman_backend_idle_stops_total",
+                "Backends stopped for being idle.",
+                |m| m.backend_idle_stops,
+            ),
+            (
+                "doorman_proxied_connections_total",
+                "Connections relayed to a backend.",
+                |m| m.proxied,
+            ),
+            (
+                "doorman_proxied_bytes_up_total",
+                "Bytes relayed from clients to backends.",
+                |m| m.bytes_up,
+            ),
+            (
+                "doorman_proxied_bytes_down_total",
+                "Bytes relayed from backends to clients.",
+                |m| m.bytes_down,
+            ),
+        ];
+        for (name, help, f) in backend {
+            if self.services.values().all(|m| f(m) == 0) {
+                continue;
+            }
+            family(&mut o, name, "counter", help);
+            for (s, m) in &self.services {
+                let _ = writeln!(o, "{name}{{service=\"{}\"}} {}", lbl(s), f(m));
+            }
         }
         family(
             &mut o,

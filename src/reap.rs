@@ -34,6 +34,8 @@ pub struct Child {
     pub timed_out: bool,
     /// The UDP session (`dgram nowait`) this handler serves.
     pub session: Option<usize>,
+    /// An on-demand backend's process (`proxy-to=`), not a handler.
+    pub backend: bool,
 }
 
 /// The listeners a `wait` handler holds, and what woke it.

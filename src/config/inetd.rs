@@ -118,6 +118,9 @@ pub struct RawService {
     pub proxy: Option<ProxyVersion>,
     pub proxy_from: Vec<acl::Cidr>,
     pub proxy_optional: bool,
+    /// `proxy-to=` and its companions (`idle-stop=`, `start-timeout=`,
+    /// `max-held=`, `proxy-send=`), checked when resolved.
+    pub backend: Option<super::Backend>,
     /// The socket type of each bind, when they differ (a socket unit may
     /// mix `ListenStream=` and `ListenDatagram=`); empty: all `sock_type`.
     pub bind_types: Vec<SockType>,
@@ -168,6 +171,7 @@ impl RawService {
             proxy: None,
             proxy_from: Vec::new(),
             proxy_optional: false,
+            backend: None,
             bind_types: Vec::new(),
             unit: None,
         }

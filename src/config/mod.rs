@@ -294,6 +294,14 @@ impl Handover {
         stderr: StdFd::Socket,
         listen_fds: false,
     };
+    /// A backend: no socket (it binds its own); stdin /dev/null, stdout
+    /// and stderr doorman's log.
+    pub const BACKEND: Handover = Handover {
+        stdin: StdFd::Null,
+        stdout: StdFd::Log,
+        stderr: StdFd::Log,
+        listen_fds: false,
+    };
     /// The socket on fds 0 and 1; fd 2 stays doorman's stderr (UCSPI).
     pub const STDIO: Handover = Handover {
         stdin: StdFd::Socket,
@@ -679,6 +687,66 @@ pub struct ProxySpec {
     pub optional: bool,
 }
 
+/// An ordinary server kept asleep (`proxy-to=`, `--proxy`, xinetd
+/// `redirect`): doorman starts the program on the first connection,
+/// holds clients until a connect to `target` succeeds, relays the bytes
+/// both ways, and stops the program after `idle_stop` without a
+/// connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Where the program listens (it binds there itself).
+    pub target: Address,
+    /// `false`: the server is already running, nothing is started (xinetd
+    /// `redirect`).
+    pub start: bool,
+    /// `None`: never stopped for being idle.
+    pub idle_stop: Option<Duration>,
+    /// How long a start may take before held clients are closed.
+    pub start_timeout: Duration,
+    /// Clients accepted and held while the backend starts (the next ones
+    /// wait in the kernel's backlog).
+    pub max_held: u32,
+    /// A PROXY header sent to the backend first, naming the client.
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// Defaults of a backend.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_HELD: u32 = 128;
+
+impl Backend {
+    pub fn new(target: Address, start: bool) -> Backend {
+        Backend {
+            target,
+            start,
+            idle_stop: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            max_held: DEFAULT_MAX_HELD,
+            send_proxy: None,
+        }
+    }
+}
+
+/// A backend's address: `/PATH` (unix), `PORT` (127.0.0.1), `ADDR:PORT`,
+/// `[V6ADDR]:PORT` (`localhost` is 127.0.0.1; no DNS).
+pub fn parse_target(s: &str) -> Result<Address, String> {
+    if s.starts_with('/') {
+        return Ok(Address::Unix(PathBuf::from(s)));
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(Address::Inet(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    let s2 = s
+        .strip_prefix("localhost:")
+        .map(|p| format!("127.0.0.1:{p}"));
+    match s2.as_deref().unwrap_or(s).parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(Address::Inet(a)),
+        _ => Err(format!(
+            "{s:?} is not a backend address (PORT, ADDR:PORT, [V6ADDR]:PORT or /PATH)"
+        )),
+    }
+}
+
 /// One service: where it listens, how and what it runs, within which limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
@@ -705,6 +773,8 @@ pub struct Service {
     /// port of its own; `true`: tcpmux answers `+` first (`tcpmux/+NAME`).
     pub tcpmux: Option<(String, bool)>,
     pub proxy: Option<ProxySpec>,
+    /// An ordinary server behind doorman, started on demand.
+    pub backend: Option<Backend>,
     /// What a systemd unit adds (none for the other front ends).
     pub unit: Option<Box<UnitExec>>,
 }
@@ -962,6 +1032,26 @@ impl fmt::Display for Service {
                 }
             };
             write!(f, " rlimit{}={}:{}", r.resource, v(r.soft), v(r.hard))?;
+        }
+        if let Some(b) = &self.backend {
+            write!(
+                f,
+                " {}={} start-timeout={}s max-held={}",
+                if b.start { "proxy-to" } else { "redirect" },
+                b.target,
+                b.start_timeout.as_secs_f64(),
+                b.max_held
+            )?;
+            if let Some(t) = b.idle_stop {
+                write!(f, " idle-stop={}s", t.as_secs_f64())?;
+            }
+            if let Some(v) = b.send_proxy {
+                write!(
+                    f,
+                    " proxy-send={}",
+                    if v == ProxyVersion::V1 { "v1" } else { "v2" }
+                )?;
+            }
         }
         if let Some(p) = &self.proxy {
             let t: Vec<String> = p.trusted.iter().map(|c| c.to_string()).collect();

@@ -24,6 +24,11 @@ pub const NAMES: &[&str] = &[
     "rate",
     "rate-pause",
     "session-idle",
+    "proxy-to",
+    "idle-stop",
+    "start-timeout",
+    "max-held",
+    "proxy-send",
     "source-rate",
     "source-prefix",
     "crash",
@@ -95,6 +100,32 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
                 "fixed" => true,
                 "escalate" => false,
                 _ => return Err(format!("rate-pause={v:?}: expected fixed or escalate")),
+            }
+        }
+        "proxy-to" | "idle-stop" | "start-timeout" | "max-held" | "proxy-send" => {
+            let b = raw.backend.get_or_insert_with(|| {
+                super::Backend::new(super::Address::Unix(std::path::PathBuf::new()), true)
+            });
+            match key {
+                "proxy-to" => {
+                    b.target = super::parse_target(v).map_err(|m| format!("proxy-to: {m}"))?
+                }
+                "idle-stop" => {
+                    let t = secs(v, "idle-stop", false)?;
+                    b.idle_stop = (!t.is_zero()).then_some(t);
+                }
+                "start-timeout" => b.start_timeout = secs(v, "start-timeout", true)?,
+                "max-held" => {
+                    b.max_held = count(v, "max-held")?;
+                }
+                _ => {
+                    b.send_proxy = match v {
+                        "v1" => Some(ProxyVersion::V1),
+                        "v2" => Some(ProxyVersion::V2),
+                        "off" | "no" => None,
+                        _ => return Err(format!("proxy-send={v:?}: expected v1, v2 or off")),
+                    }
+                }
             }
         }
         "session-idle" => {

@@ -183,7 +183,41 @@ impl Resolver {
                 })
             }
         };
-        let program = if raw.internal {
+        let backend = raw.backend.clone();
+        // The spawn rate of inetd.conf's default counts handlers; a backend
+        // is started once for many connections.
+        let mut limits = raw.limits;
+        if backend.is_some() && limits.rate == Some(super::inetd::DEFAULT_RATE) {
+            limits.rate = None;
+        }
+        if let Some(b) = &backend {
+            let inet_stream = raw.sock_type == SockType::Stream;
+            if !inet_stream || raw.mode != Mode::Accept || raw.internal || raw.tcpmux.is_some() {
+                errors.push(ConfigError::new(
+                    origin,
+                    Some("proxy-to"),
+                    "a backend is proxied to from a nowait stream service running a program",
+                ));
+            }
+            if b.send_proxy.is_some() && !matches!(b.target, Address::Inet(_)) {
+                warnings.push(format!(
+                    "{origin}: {}: proxy-send= sends a PROXY header to a unix backend too",
+                    raw.name
+                ));
+            }
+        }
+        if backend
+            .as_ref()
+            .is_some_and(|b| b.target == Address::Unix(PathBuf::new()))
+        {
+            errors.push(ConfigError::new(
+                origin,
+                Some("proxy-to"),
+                "idle-stop=, start-timeout=, max-held= and proxy-send= need proxy-to=ADDR",
+            ));
+        }
+        let redirect = backend.as_ref().is_some_and(|b| !b.start);
+        let program = if raw.internal || redirect {
             PathBuf::new()
         } else {
             match resolve_program(&raw.program, raw.search_path) {
@@ -194,7 +228,7 @@ impl Resolver {
                 }
             }
         };
-        if errors.is_empty() && !raw.internal && !is_executable(&program) {
+        if errors.is_empty() && !raw.internal && !redirect && !is_executable(&program) {
             let named = raw.program_origin.as_ref().unwrap_or(origin);
             warnings.push(format!(
                 "{named}: {}: {} is not an executable file (yet); connections will fail until it is",
@@ -341,7 +375,11 @@ impl Resolver {
             origin: origin.clone(),
             endpoints,
             mode: raw.mode,
-            handover: raw.handover,
+            handover: if backend.is_some() {
+                super::Handover::BACKEND
+            } else {
+                raw.handover
+            },
             handler: match internal {
                 Some(i) => Handler::Internal(i),
                 None => Handler::Exec {
@@ -354,7 +392,7 @@ impl Resolver {
                 },
             },
             creds,
-            limits: raw.limits,
+            limits,
             fd_name: raw.fd_name.clone().unwrap_or(default_fd_name),
             description: raw.description.clone(),
             exec,
@@ -363,6 +401,7 @@ impl Resolver {
             refusal: raw.refusal.clone(),
             tcpmux: raw.tcpmux.clone(),
             proxy,
+            backend,
             unit,
         };
         Ok((svc, warnings))

@@ -885,6 +885,8 @@ struct Settings {
     group: Option<String>,
     server: Option<String>,
     server_args: Option<(Origin, Vec<String>)>,
+    /// `redirect = ADDR PORT`: connections relayed to a running server.
+    redirect: Option<crate::config::Address>,
     /// `Some(None)`: UNLIMITED.
     instances: Option<Option<u32>>,
     per_source: Option<Option<u32>>,
@@ -1081,7 +1083,24 @@ impl Settings {
                 "is not supported yet: doorman keeps no deny list (it goes with the SENSOR flag)"
                     .into(),
             ),
-            "redirect" => fail("is not supported yet: doorman does not forward connections".into()),
+            "redirect" => {
+                let port = l.values.get(1).map_or("", String::as_str);
+                let host = if one == "localhost" { "127.0.0.1" } else { one };
+                match crate::config::parse_target(&format!(
+                    "{}:{port}",
+                    if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host.to_string()
+                    }
+                )) {
+                    Ok(a) => self.redirect = Some(a),
+                    Err(_) => fail(format!(
+                        "{:?}: expected an IP address and a port (no DNS names)",
+                        l.values.join(" ")
+                    )),
+                }
+            }
             "max_load" => {
                 fail("is not supported yet: doorman does not watch the load average".into())
             }
@@ -1245,7 +1264,7 @@ fn build(
             None
         }
     };
-    if s.user.is_none() && !k.internal {
+    if s.user.is_none() && !k.internal && s.redirect.is_none() {
         fail(
             origin,
             "user",
@@ -1255,6 +1274,8 @@ fn build(
     let argv = match (&s.server, &s.server_args) {
         // Served by doorman itself: the service's name says which.
         _ if k.internal => Some(vec![name.to_string()]),
+        // Relayed to a running server: nothing to run.
+        (None, _) if s.redirect.is_some() => Some(Vec::new()),
         (None, _) => {
             if !given("server") {
                 fail(origin, "server", "missing: set the program to run".into());
@@ -1367,6 +1388,9 @@ fn build(
         svc.refusal.message = b.clone();
         svc.refusal.deny = Fate::Message;
         svc.refusal.source = Fate::Message;
+    }
+    if let Some(a) = &s.redirect {
+        svc.backend = Some(crate::config::Backend::new(a.clone(), false));
     }
     options::apply_words(&mut svc, s.doorman_options.iter().map(String::as_str))
         .expect("checked when read");
@@ -1855,7 +1879,6 @@ service four
         for (line, attr) in [
             ("deny_time = 60", "deny_time"),
             ("access_times = 2:00-9:00 12:00-24:00", "access_times"),
-            ("redirect = 10.0.0.1 23", "redirect"),
             ("max_load = 2.5", "max_load"),
             ("rpc_version = 1", "rpc_version"),
             ("flags = IDONLY", "flags"),

@@ -187,6 +187,10 @@ impl Server {
         if let Some((reason, until)) = then {
             self.limit_reached(s, li, reason, until, &shown, now);
         }
+        if self.services[s].backend.is_some() {
+            self.metrics.service(&self.services[s].label).accepted += 1;
+            return self.backend_client(s, conn, peer, tracked, shown, now);
+        }
         if let Some(kind) = self.services[s].svc.internal() {
             self.metrics.service(&self.services[s].label).accepted += 1;
             return self.inside_open(s, kind, conn, peer, tracked, shown, now);

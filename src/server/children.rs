@@ -109,6 +109,7 @@ impl Server {
                 deadline,
                 timed_out: false,
                 session,
+                backend: false,
             },
         );
         self.check_global();
@@ -239,6 +240,18 @@ impl Server {
                 continue;
             };
             let s = child.service;
+            if child.backend {
+                if let Some(e) = spawn::reaped(exit.pid) {
+                    match self.services.get(s) {
+                        Some(rt) => log_spawn_error(&rt.svc, &e, "backend"),
+                        None => error!("{}: {e} (backend)", child.label),
+                    }
+                } else {
+                    log_exit(&child.label, &exit);
+                }
+                self.backend_exited(s, &exit, now);
+                continue;
+            }
             // A child that could not exec reports why only now (see
             // `spawn::spawn`): it is a spawn failure, not an exit.
             let failed_spawn = spawn::reaped(exit.pid);

@@ -44,6 +44,7 @@ use crate::spawn::image::{BaseEnv, Image, Launch, Peer};
 use crate::spawn::{self};
 
 mod admit;
+mod backend;
 mod children;
 mod inside;
 mod reload;
@@ -115,6 +116,8 @@ struct ServiceRt {
     /// (internal connections, pending PROXY reads, UDP sessions) may
     /// hold: its share of the fd limit (see `set_fd_shares`).
     fd_share: u32,
+    /// Its on-demand backend's state (`proxy-to=`).
+    backend: Option<backend::BackendRt>,
 }
 
 impl ServiceRt {
@@ -134,12 +137,18 @@ impl ServiceRt {
         c.at_capacity(&self.svc.limits)
             || (self.svc.internal().is_some_and(holds_fds) && c.running() >= self.inside_cap())
             || (self.svc.proxy.is_some() && c.pending() >= inside::PROXY_PENDING.min(self.fd_share))
+            || self.backend.as_ref().is_some_and(|b| {
+                let cap = self.svc.backend.as_ref().map_or(0, |c| c.max_held) as usize;
+                // Each relay holds six descriptors (two sockets, two pipes).
+                b.held() >= cap || (b.held() + 6 * b.relays as usize) >= self.fd_share as usize
+            })
     }
 
     /// Whether the service keeps descriptors of clients in doorman.
     fn holds_fds(&self) -> bool {
         self.svc.internal().is_some_and(holds_fds)
             || self.svc.proxy.is_some()
+            || self.svc.backend.is_some()
             || (self.svc.mode == Mode::Accept
                 && self.svc.internal().is_none()
                 && self
@@ -265,6 +274,10 @@ pub struct Server {
     global_full: bool,
     /// Internal connections, pending PROXY reads, UDP sessions.
     inside: inside::Inside,
+    /// Clients relayed to on-demand backends, and those to drive again
+    /// on the next turn.
+    relays: inside::Slab<backend::Relay>,
+    relay_again: Vec<usize>,
     opts: Options,
 }
 
@@ -370,6 +383,8 @@ impl Server {
             served_since_trim: false,
             trim_last: Instant::now(),
             inside: inside::Inside::default(),
+            relays: inside::Slab::default(),
+            relay_again: Vec::new(),
             opts,
         };
         server.swap(loaded.services, true)?;
@@ -457,7 +472,10 @@ impl Server {
             let now = Instant::now();
             self.prune_timeouts();
             let inside_next = self.inside.next_deadline();
-            let timeout = if self.backlog.is_empty() && self.inside.again.is_empty() {
+            let timeout = if self.backlog.is_empty()
+                && self.inside.again.is_empty()
+                && self.relay_again.is_empty()
+            {
                 self.next_deadline()
                     .into_iter()
                     .chain(inside_next)
@@ -507,6 +525,10 @@ impl Server {
                 }
                 if t == METRICS_TOKEN {
                     self.accept_scrapes();
+                } else if t.0 >= backend::PROBE_BASE {
+                    self.probe_event(t.0 - backend::PROBE_BASE);
+                } else if t.0 >= backend::RELAY_BASE {
+                    self.relay_event((t.0 - backend::RELAY_BASE) / 2);
                 } else if t.0 >= inside::SESSION_BASE {
                     self.session_event(t.0 - inside::SESSION_BASE);
                 } else if t.0 >= inside::PENDING_BASE {
@@ -535,6 +557,7 @@ impl Server {
                 }
             }
             self.inside_again();
+            self.relay_again_turn();
             self.expire(Instant::now());
         }
     }
@@ -548,6 +571,11 @@ impl Server {
             .chain(self.scrapes.iter().flatten().map(|s| s.deadline))
             .chain(self.emfile_until)
             .chain(self.timeouts.peek().map(|Reverse((t, _))| *t))
+            .chain(
+                self.services
+                    .iter()
+                    .filter_map(|s| s.backend.as_ref().and_then(|b| b.deadline())),
+            )
             .min()
     }
 
@@ -556,6 +584,7 @@ impl Server {
     fn expire(&mut self, now: Instant) {
         self.expire_timeouts(now);
         self.expire_inside(now);
+        self.expire_backends(now);
         if self.emfile_until.is_some_and(|t| t <= now) {
             self.emfile_until = None;
             debug!("accept: retrying after file descriptor back-off");
@@ -708,6 +737,33 @@ impl Server {
                     ("sources", V::N(rt.counters.sources_tracked() as i64)),
                 ],
             );
+            if let Some(b) = &rt.backend {
+                let m = self.metrics.services.get(&rt.label);
+                let n = |f: fn(&metrics::ServiceMetrics) -> u64| V::N(m.map_or(0, f) as i64);
+                emit(
+                    Level::Info,
+                    "state",
+                    &[
+                        ("service", V::S(&rt.label)),
+                        ("backend", V::S(b.state.as_str())),
+                        (
+                            "pid",
+                            V::O(b.pid.map_or("-".to_string(), |p| p.to_string())),
+                        ),
+                        ("held", V::N(b.held() as i64)),
+                        ("relays", V::N(b.relays.into())),
+                        ("starts", n(|m| m.backend_starts)),
+                        (
+                            "last_ready_ms",
+                            V::O(b.last_ready_ms.map_or("-".to_string(), |v| v.to_string())),
+                        ),
+                        ("proxied", n(|m| m.proxied)),
+                        ("bytes_up", n(|m| m.bytes_up)),
+                        ("bytes_down", n(|m| m.bytes_down)),
+                        ("idle_stops", n(|m| m.backend_idle_stops)),
+                    ],
+                );
+            }
         }
         emit(
             Level::Info,

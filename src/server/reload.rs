@@ -132,16 +132,39 @@ impl Server {
                 paused_until: None,
                 listeners: mine,
                 fd_share: 0,
+                backend: None,
             });
         }
         // Counters and pauses follow the service that took over a socket.
         // (Children on their way to exec keep the old images they read
         // alive themselves: nothing waits for them here.)
         let old_labels: Vec<String> = old_services.iter().map(|s| s.label.clone()).collect();
-        for (old, n) in old_services.into_iter().zip(&old_to_new_service) {
-            if let Some(n) = n {
-                new_services[*n].counters = old.counters;
-                new_services[*n].paused_until = old.paused_until;
+        let mut retired = Vec::new();
+        for (mut old, n) in old_services.into_iter().zip(&old_to_new_service) {
+            let kept = match n {
+                Some(n) => {
+                    new_services[*n].counters = old.counters;
+                    new_services[*n].paused_until = old.paused_until;
+                    // A backend runs on if its service line is unchanged.
+                    let same = new_services[*n].svc.backend == old.svc.backend
+                        && new_services[*n].svc.handler == old.svc.handler
+                        && new_services[*n].svc.creds == old.svc.creds;
+                    if same {
+                        new_services[*n].backend = old.backend.take();
+                    }
+                    same
+                }
+                None => false,
+            };
+            if !kept {
+                if let Some(b) = old.backend.take() {
+                    retired.push((b, old.label.clone()));
+                }
+            }
+        }
+        for rt in &mut new_services {
+            if rt.backend.is_none() {
+                rt.backend = rt.svc.backend.as_ref().map(backend::BackendRt::new);
             }
         }
         // Listeners nobody wants: out of the loop, then closed.
@@ -190,12 +213,17 @@ impl Server {
             h.hold.remap(&old_to_new_listener);
         }
         self.inside_remap(&old_to_new_service);
+        self.relays_remap(&old_to_new_service);
         self.sessions_remap(&old_to_new_listener);
         self.services = new_services;
         self.listeners = new_listeners;
         self.listeners.shrink_to_fit();
         self.set_loop_ports();
         self.set_fd_shares();
+        self.probes_reregister();
+        for (b, label) in retired {
+            self.backend_retire(b, &label);
+        }
         self.backlog = (0..self.listeners.len())
             .filter(|&i| self.listeners[i].registered)
             .collect();

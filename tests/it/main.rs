@@ -2,6 +2,7 @@
 //! loopback and talks to it as a client would.
 
 mod audit;
+mod backend;
 mod check;
 mod cli;
 mod examples;
