@@ -76,7 +76,6 @@ pub(super) struct BackendRt {
     gap: Duration,
     start_deadline: Option<Instant>,
     idle_at: Option<Instant>,
-    kill_at: Option<Instant>,
     retry_at: Option<Instant>,
     /// Failed starts in a row.
     failures: u32,
@@ -101,7 +100,6 @@ impl BackendRt {
             gap: PROBE_FIRST,
             start_deadline: None,
             idle_at: None,
-            kill_at: None,
             retry_at: None,
             failures: 0,
             held: VecDeque::new(),
@@ -115,13 +113,13 @@ impl BackendRt {
     }
 
     /// The earliest deadline due (a probe, the start timeout, the idle
-    /// stop, the kill after the grace, the retry after a failure).
+    /// stop, the retry after a failure; the kill after a stop's grace is
+    /// the child's own deadline).
     pub(super) fn deadline(&self) -> Option<Instant> {
         [
             self.next_probe,
             self.start_deadline,
             self.idle_at,
-            self.kill_at,
             self.retry_at,
         ]
         .into_iter()
@@ -694,11 +692,14 @@ impl Server {
         let Some(r) = self.relays.remove(slot) else {
             return;
         };
-        for fd in [r.client.as_raw_fd(), r.backend.as_raw_fd()] {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        for fd in [&r.client, &r.backend] {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
             if reset {
                 let _ = socket::setsockopt(
-                    &unsafe_borrow(fd),
+                    fd,
                     sockopt::Linger,
                     &libc::linger {
                         l_onoff: 1,
@@ -782,14 +783,7 @@ impl Server {
     /// Sends the backend its stop signal (process group); SIGKILL follows
     /// after the grace period.
     fn backend_stop(&mut self, s: usize, now: Instant) {
-        let Some(rt) = self.services.get_mut(s) else {
-            return;
-        };
-        let (signal, grace) = (
-            rt.svc.stop.signal,
-            rt.svc.stop.timeout.unwrap_or(DEFAULT_GRACE),
-        );
-        let Some(b) = rt.backend.as_mut() else {
+        let Some(b) = self.services.get_mut(s).and_then(|rt| rt.backend.as_mut()) else {
             return;
         };
         let Some(pid) = b.pid else {
@@ -799,18 +793,11 @@ impl Server {
         b.idle_at = None;
         b.next_probe = None;
         b.start_deadline = None;
-        b.kill_at = Some(now + grace);
         if let Some(fd) = b.probe.take() {
             let raw = fd.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
         }
-        let sig = NixSignal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
-        let p = nix::unistd::Pid::from_raw(pid);
-        let _ = killpg(p, sig);
-        let _ = nix::sys::signal::kill(p, sig);
-        if let Some(c) = self.children.get_mut(pid) {
-            c.timed_out = true;
-        }
+        self.stop_child(pid, now);
     }
 
     /// Backend deadlines that have come: probes, start timeouts, idle
@@ -820,16 +807,8 @@ impl Server {
             let Some(b) = self.services[s].backend.as_mut() else {
                 continue;
             };
-            if b.deadline().is_none_or_later(now) {
+            if !b.deadline().is_some_and(|t| t <= now) {
                 continue;
-            }
-            if b.kill_at.is_some_and(|t| t <= now) {
-                b.kill_at = None;
-                if let Some(pid) = b.pid {
-                    let p = nix::unistd::Pid::from_raw(pid);
-                    let _ = killpg(p, NixSignal::SIGKILL);
-                    let _ = nix::sys::signal::kill(p, NixSignal::SIGKILL);
-                }
             }
             if b.retry_at.is_some_and(|t| t <= now) {
                 b.retry_at = None;
@@ -925,7 +904,6 @@ impl Server {
         let was = b.state;
         b.pid = None;
         b.state = State::Stopped;
-        b.kill_at = None;
         b.idle_at = None;
         b.next_probe = None;
         b.start_deadline = None;
@@ -1002,36 +980,9 @@ impl Server {
         }
         if let Some(pid) = b.pid {
             info!("{label}: backend pid={pid} stopped: its service changed");
-            let p = nix::unistd::Pid::from_raw(pid);
-            let _ = killpg(p, NixSignal::SIGTERM);
-            let _ = nix::sys::signal::kill(p, NixSignal::SIGTERM);
-            if let Some(c) = self.children.get_mut(pid) {
-                c.timed_out = true;
-                c.deadline = Some(now + DEFAULT_GRACE);
-                self.timeouts.push(Reverse((now + DEFAULT_GRACE, pid)));
-            }
+            self.stop_child(pid, now);
         }
     }
-}
-
-/// `Option<Instant>` that is not due at `now`.
-trait NotDue {
-    fn is_none_or_later(&self, now: Instant) -> bool;
-}
-
-impl NotDue for Option<Instant> {
-    fn is_none_or_later(&self, now: Instant) -> bool {
-        match self {
-            None => true,
-            Some(t) => *t > now,
-        }
-    }
-}
-
-/// Borrows a raw fd that the caller owns for the length of a call.
-fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: used only for one setsockopt on an fd the relay still owns.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
 fn log_accept_backend(label: &str, shown: &str) {

@@ -24,6 +24,31 @@ impl Server {
         }
     }
 
+    /// Sends child `pid` its service's stop signal (process group and
+    /// pid) and arms SIGKILL after the grace period, through its deadline
+    /// (see `expire_timeouts`). Its end is then never counted as a
+    /// failure. Returns the signal and the grace, `None` for no such child.
+    pub(super) fn stop_child(&mut self, pid: i32, now: Instant) -> Option<(NixSignal, Duration)> {
+        let c = self.children.get_mut(pid)?;
+        let (signal, grace) =
+            self.services
+                .get(c.service)
+                .map_or((libc::SIGTERM, DEFAULT_GRACE), |rt| {
+                    (
+                        rt.svc.stop.signal,
+                        rt.svc.stop.timeout.unwrap_or(DEFAULT_GRACE),
+                    )
+                });
+        let sig = NixSignal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
+        c.timed_out = true;
+        c.deadline = Some(now + grace);
+        self.timeouts.push(Reverse((now + grace, pid)));
+        let p = nix::unistd::Pid::from_raw(pid);
+        let _ = killpg(p, sig);
+        let _ = nix::sys::signal::kill(p, sig);
+        Some((sig, grace))
+    }
+
     /// Handlers over their time get their stop signal (process group),
     /// then SIGKILL once the grace period is over.
     pub(super) fn expire_timeouts(&mut self, now: Instant) {

@@ -991,25 +991,12 @@ impl Server {
         if self.inside.by_peer.get(&key) == Some(&slot) {
             self.inside.by_peer.remove(&key);
         }
+        let Some((sig, grace)) = self.stop_child(pid, now) else {
+            return;
+        };
         let Some(c) = self.children.get_mut(pid) else {
             return;
         };
-        let (signal, grace) =
-            self.services
-                .get(c.service)
-                .map_or((libc::SIGTERM, super::DEFAULT_GRACE), |rt| {
-                    (
-                        rt.svc.stop.signal,
-                        rt.svc.stop.timeout.unwrap_or(super::DEFAULT_GRACE),
-                    )
-                });
-        let sig = NixSignal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
-        c.timed_out = true;
-        c.deadline = Some(now + grace);
-        self.timeouts.push(Reverse((now + grace, pid)));
-        let p = nix::unistd::Pid::from_raw(pid);
-        let _ = killpg(p, sig);
-        let _ = nix::sys::signal::kill(p, sig);
         emit(
             Level::Info,
             "idle",

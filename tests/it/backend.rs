@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `doorman --listen 127.0.0.1:0 --proxy 127.0.0.1:PORT FLAGS -- ARGV`.
 fn proxied(port: u16, flags: &[&str], argv: &[&str]) -> Doorman {
     let target = format!("127.0.0.1:{port}");
@@ -26,6 +18,17 @@ fn proxied(port: u16, flags: &[&str], argv: &[&str]) -> Doorman {
     args.extend_from_slice(argv);
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     Doorman::start(TempDir::new(), &args, Opts::default())
+}
+
+/// A python backend in `dir`: `prelude` first (imports, a delay), then
+/// it listens on 127.0.0.1 at the port in argv[1] as `l` and runs `body`.
+fn py_backend(dir: &TempDir, name: &str, prelude: &str, body: &str) -> String {
+    let text = format!(
+        "import socket, sys, time, threading\n{prelude}\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1', int(sys.argv[1]))); l.listen(128)\n{body}"
+    );
+    dir.write(name, &text, false).to_str().unwrap().to_string()
 }
 
 fn curl(addr: SocketAddr, path: &str, out: &std::path::Path) -> String {
@@ -85,26 +88,19 @@ fn an_http_server_sleeps_until_the_first_request_and_after_the_last() {
 #[test]
 fn clients_of_a_slow_starter_are_held_not_refused() {
     let dir = TempDir::new();
-    let script = dir.write(
+    let script = py_backend(
+        &dir,
         "slow.py",
-        "import socket, sys, time, threading\n\
-         time.sleep(3)\n\
-         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('127.0.0.1', int(sys.argv[1]))); l.listen(128)\n\
-         def serve(c):\n\
+        "time.sleep(3)\n",
+        "def serve(c):\n\
          \x20   f = c.makefile('rb'); line = f.readline()\n\
          \x20   c.sendall(b'hello ' + line); c.close()\n\
          while True:\n\
          \x20   c, _ = l.accept(); threading.Thread(target=serve, args=(c,)).start()\n",
-        false,
     );
     let port = free_port();
     let p = port.to_string();
-    let d = proxied(
-        port,
-        &[],
-        &["/usr/bin/python3", script.to_str().unwrap(), &p],
-    );
+    let d = proxied(port, &[], &["/usr/bin/python3", &script, &p]);
     let addr = d.addr(0);
     let clients: Vec<_> = (0..50)
         .map(|i| {
@@ -153,24 +149,18 @@ fn a_backend_that_never_binds_times_out_and_doorman_stays_responsive() {
 #[test]
 fn a_backend_killed_mid_transfer_ends_the_client_and_restarts() {
     let dir = TempDir::new();
-    let script = dir.write(
+    let script = py_backend(
+        &dir,
         "drip.py",
-        "import socket, sys, time\n\
-         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('127.0.0.1', int(sys.argv[1]))); l.listen(16)\n\
-         while True:\n\
+        "",
+        "while True:\n\
          \x20   c, _ = l.accept()\n\
          \x20   for i in range(600):\n\
          \x20       c.sendall(b'x' * 1000); time.sleep(0.05)\n",
-        false,
     );
     let port = free_port();
     let p = port.to_string();
-    let d = proxied(
-        port,
-        &[],
-        &["/usr/bin/python3", script.to_str().unwrap(), &p],
-    );
+    let d = proxied(port, &[], &["/usr/bin/python3", &script, &p]);
     let mut s = TcpStream::connect(d.addr(0)).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut b = [0u8; 1000];
@@ -218,4 +208,45 @@ fn xinetd_redirect_relays_to_a_running_server_and_starts_nothing() {
     server.join().unwrap();
     assert!(children_of(d.pid()).is_empty());
     assert_eq!(d.log.count(&["backend-start"]), 0);
+}
+
+#[test]
+fn the_backend_is_told_the_client_and_sees_its_half_close() {
+    let dir = TempDir::new();
+    // Reads to EOF (the client's shutdown passed on), then answers with
+    // all it got: the PROXY header first.
+    let script = py_backend(
+        &dir,
+        "whole.py",
+        "",
+        "while True:\n\
+         \x20   c, _ = l.accept(); got = b''\n\
+         \x20   while True:\n\
+         \x20       b = c.recv(65536)\n\
+         \x20       if not b: break\n\
+         \x20       got += b\n\
+         \x20   c.sendall(b'got ' + got); c.close()\n",
+    );
+    let port = free_port();
+    let p = port.to_string();
+    let d = proxied(
+        port,
+        &["-o", "proxy-send=v1"],
+        &["/usr/bin/python3", &script, &p],
+    );
+    let mut s = TcpStream::connect(d.addr(0)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (me, it) = (s.local_addr().unwrap(), d.addr(0));
+    s.write_all(b"request").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "got PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\nrequest",
+            me.port(),
+            it.port()
+        )
+    );
 }

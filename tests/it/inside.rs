@@ -226,14 +226,6 @@ impl Drop for Haproxy {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn proxy_protocol_behind_haproxy() {
     if Command::new("haproxy").arg("-v").output().is_err() {

@@ -65,9 +65,7 @@ fn send_and_wait(addr: SocketAddr) {
 }
 
 fn burst_then_two_clients(handler: &str, req: &[u8]) {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let maddr = probe.local_addr().unwrap();
-    drop(probe);
+    let maddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let args = [
         "--metrics",
         &maddr.to_string(),
@@ -114,16 +112,7 @@ fn burst_then_two_clients(handler: &str, req: &[u8]) {
         d.fd_count()
     );
     // The resets are counted where an operator looks.
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            &format!("http://{maddr}/metrics"),
-        ])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = scrape_metrics(maddr);
     let doa: u64 = text
         .lines()
         .find(|l| l.starts_with("doorman_connections_dead_on_arrival_total{"))

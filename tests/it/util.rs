@@ -441,3 +441,22 @@ pub fn status_kb(pid: i32, name: &str) -> u64 {
 pub fn anon_kb(pid: i32) -> u64 {
     status_kb(pid, "RssAnon:")
 }
+
+/// A loopback TCP port free right now (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The metrics endpoint's text at `addr`, read with curl as an operator
+/// would.
+pub fn scrape_metrics(addr: SocketAddr) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
