@@ -97,6 +97,10 @@ pub struct Args {
     #[argh(option)]
     pub max_held: Option<u32>,
 
+    /// with --proxy: the program says READY=1 on $NOTIFY_SOCKET when it is ready (sd_notify); held clients are relayed after that (and a connect), not at the first connect
+    #[argh(switch)]
+    pub notify: bool,
+
     /// with --listen: any inetd.conf option KEY=VALUE, e.g. on-full=reset, crash=off, nofile=256 (repeatable; see doorman.conf(5))
     #[argh(option, short = 'o')]
     pub option: Vec<String>,
@@ -228,12 +232,14 @@ impl Args {
             ("--idle-stop", self.idle_stop.is_some()),
             ("--start-timeout", self.start_timeout.is_some()),
             ("--max-held", self.max_held.is_some()),
+            ("--notify", self.notify),
         ];
         if self.proxy.is_none() {
             for (flag, on) in [
                 ("--idle-stop", self.idle_stop.is_some()),
                 ("--start-timeout", self.start_timeout.is_some()),
                 ("--max-held", self.max_held.is_some()),
+                ("--notify", self.notify),
             ] {
                 if on {
                     return Err(usage(&format!("{flag} needs --proxy")));
@@ -448,6 +454,11 @@ impl Args {
                 "max-held",
                 "--max-held",
                 self.max_held.map(|n| n.to_string()),
+            ),
+            (
+                "ready",
+                "--notify",
+                self.notify.then(|| "notify".to_string()),
             ),
         ])
         .chain(

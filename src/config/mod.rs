@@ -708,6 +708,10 @@ pub struct Backend {
     pub max_held: u32,
     /// A PROXY header sent to the backend first, naming the client.
     pub send_proxy: Option<ProxyVersion>,
+    /// `true`: ready once it has sent `READY=1` on the `NOTIFY_SOCKET`
+    /// doorman gives it (and a connect succeeds); `false`: once a connect
+    /// succeeds.
+    pub notify: bool,
 }
 
 /// Defaults of a backend.
@@ -723,6 +727,7 @@ impl Backend {
             start_timeout: DEFAULT_START_TIMEOUT,
             max_held: DEFAULT_MAX_HELD,
             send_proxy: None,
+            notify: false,
         }
     }
 }
@@ -1044,6 +1049,9 @@ impl fmt::Display for Service {
             )?;
             if let Some(t) = b.idle_stop {
                 write!(f, " idle-stop={}s", t.as_secs_f64())?;
+            }
+            if b.notify {
+                write!(f, " ready=notify")?;
             }
             if let Some(v) = b.send_proxy {
                 write!(

@@ -29,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "start-timeout",
     "max-held",
     "proxy-send",
+    "ready",
     "source-rate",
     "source-prefix",
     "crash",
@@ -102,7 +103,7 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
                 _ => return Err(format!("rate-pause={v:?}: expected fixed or escalate")),
             }
         }
-        "proxy-to" | "idle-stop" | "start-timeout" | "max-held" | "proxy-send" => {
+        "proxy-to" | "idle-stop" | "start-timeout" | "max-held" | "proxy-send" | "ready" => {
             let b = raw.backend.get_or_insert_with(|| {
                 super::Backend::new(super::Address::Unix(std::path::PathBuf::new()), true)
             });
@@ -117,6 +118,13 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
                 "start-timeout" => b.start_timeout = secs(v, "start-timeout", true)?,
                 "max-held" => {
                     b.max_held = count(v, "max-held")?;
+                }
+                "ready" => {
+                    b.notify = match v {
+                        "notify" => true,
+                        "connect" => false,
+                        _ => return Err(format!("ready={v:?}: expected connect or notify")),
+                    }
                 }
                 _ => {
                     b.send_proxy = match v {

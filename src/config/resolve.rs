@@ -199,6 +199,13 @@ impl Resolver {
                     "a backend is proxied to from a nowait stream service running a program",
                 ));
             }
+            if b.notify && !b.start {
+                errors.push(ConfigError::new(
+                    origin,
+                    Some("ready"),
+                    "ready=notify needs a program doorman starts (not redirect=)",
+                ));
+            }
             if b.send_proxy.is_some() && !matches!(b.target, Address::Inet(_)) {
                 warnings.push(format!(
                     "{origin}: {}: proxy-send= sends a PROXY header to a unix backend too",
@@ -213,7 +220,7 @@ impl Resolver {
             errors.push(ConfigError::new(
                 origin,
                 Some("proxy-to"),
-                "idle-stop=, start-timeout=, max-held= and proxy-send= need proxy-to=ADDR",
+                "idle-stop=, start-timeout=, max-held=, proxy-send= and ready= need proxy-to=ADDR",
             ));
         }
         let redirect = backend.as_ref().is_some_and(|b| !b.start);

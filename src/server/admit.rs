@@ -197,7 +197,7 @@ impl Server {
         }
         self.metrics.service(&self.services[s].label).accepted += 1;
         let fd = conn.as_raw_fd();
-        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now);
+        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now, b"");
         // doorman keeps no copy: a child stopped before its exec would
         // hold it open (see `at_fault`).
         drop(conn);

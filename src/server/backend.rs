@@ -19,6 +19,8 @@ use crate::config::{Backend, ProxyVersion};
 pub(super) const RELAY_BASE: usize = 1 << 44;
 /// Tokens of readiness probes: `PROBE_BASE + service`.
 pub(super) const PROBE_BASE: usize = 1 << 45;
+/// Tokens of `ready=notify` sockets: `NOTIFY_BASE + service`.
+pub(super) const NOTIFY_BASE: usize = 1 << 46;
 /// The first gap between two readiness probes; it doubles up to
 /// [`PROBE_MAX`]. A probe is a refused connect (~10 µs): at most every
 /// 10 ms, a 40 s start costs 4,000 of them (~40 ms of CPU) and its first
@@ -93,6 +95,10 @@ pub(super) struct BackendRt {
     /// Relays open now.
     pub(super) relays: u32,
     pub(super) last_ready_ms: Option<u64>,
+    /// `ready=notify`: the datagram socket named in the process's
+    /// `NOTIFY_SOCKET` (one per start), and whether `READY=1` came.
+    notify: Option<OwnedFd>,
+    notified: bool,
 }
 
 impl BackendRt {
@@ -115,6 +121,8 @@ impl BackendRt {
             held: VecDeque::new(),
             relays: 0,
             last_ready_ms: None,
+            notify: None,
+            notified: false,
         }
     }
 
@@ -400,6 +408,28 @@ fn memory_kb(pid: i32) -> (Option<u64>, Option<u64>) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// A backend's `NOTIFY_SOCKET`: an abstract datagram socket (nothing to
+/// create or remove, reachable from a unit's mount namespace) that
+/// passes the sender's credentials; its name, without the `@`.
+fn notify_socket(s: usize) -> Result<(OwnedFd, String), Errno> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "doorman/backend/{}/{s}/{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        NixType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes())?)?;
+    socket::setsockopt(&fd, sockopt::PassCred, &true)?;
+    Ok((fd, name))
+}
+
 fn retry_gap(failures: u32) -> Duration {
     RETRY_FIRST
         .checked_mul(1 << failures.saturating_sub(1).min(10))
@@ -454,7 +484,28 @@ impl Server {
         let _ = rt
             .counters
             .admit(&crate::config::Limits::default(), None, now, None);
-        let started = self.start_handler(s, devnull, &[], &Peer::Listener, "-", None, now);
+        let wants_notify = rt.svc.backend.as_ref().is_some_and(|c| c.notify);
+        let (notify, env) = if wants_notify {
+            match notify_socket(s) {
+                Ok((fd, name)) => {
+                    let mut env = b"NOTIFY_SOCKET=@".to_vec();
+                    env.extend_from_slice(name.as_bytes());
+                    (Some(fd), env)
+                }
+                Err(e) => {
+                    error!("{}: the backend's NOTIFY_SOCKET: {}", rt.label, e.desc());
+                    (None, Vec::new())
+                }
+            }
+        } else {
+            (None, Vec::new())
+        };
+        let started = if wants_notify && notify.is_none() {
+            rt.counters.release(None);
+            None
+        } else {
+            self.start_handler(s, devnull, &[], &Peer::Listener, "-", None, now, &env)
+        };
         let rt = &mut self.services[s];
         let Some(b) = rt.backend.as_mut() else {
             return;
@@ -469,7 +520,20 @@ impl Server {
         b.pid = Some(pid.as_raw());
         b.started = Some(now);
         b.gap = PROBE_FIRST;
-        b.next_probe = Some(now);
+        // With ready=notify the probes start at READY=1.
+        b.notified = false;
+        b.next_probe = notify.is_none().then_some(now);
+        if let Some(fd) = notify {
+            let raw = fd.as_raw_fd();
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&raw),
+                Token(NOTIFY_BASE + s),
+                Interest::READABLE,
+            ) {
+                error!("register notify socket: {e}");
+            }
+            b.notify = Some(fd);
+        }
         let timeout = rt
             .svc
             .backend
@@ -504,7 +568,7 @@ impl Server {
         let Some(b) = rt.backend.as_mut() else {
             return;
         };
-        if b.state != State::Starting || b.probe.is_some() {
+        if b.state != State::Starting || b.probe.is_some() || (b.notify.is_some() && !b.notified) {
             return;
         }
         b.next_probe = None;
@@ -524,6 +588,72 @@ impl Server {
             Err(_) => {
                 b.next_probe = Some(now + b.gap);
                 b.gap = (b.gap * 2).min(PROBE_MAX);
+            }
+        }
+    }
+
+    /// Datagrams on a backend's notify socket: `READY=1` from the
+    /// process or one in its process group starts the probes at once;
+    /// `STATUS=` is logged at debug; anything else, or from anyone else,
+    /// is ignored.
+    pub(super) fn notify_event(&mut self, s: usize) {
+        let now = Instant::now();
+        let Some(rt) = self.services.get_mut(s) else {
+            return;
+        };
+        let Some(b) = rt.backend.as_mut() else {
+            return;
+        };
+        let (Some(fd), Some(pid)) = (b.notify.as_ref(), b.pid) else {
+            return;
+        };
+        let mut ready = false;
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut cmsg = nix::cmsg_space!(libc::ucred);
+            let Ok(msg) = socket::recvmsg::<()>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                socket::MsgFlags::MSG_DONTWAIT,
+            ) else {
+                break;
+            };
+            let sender = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    socket::ControlMessageOwned::ScmCredentials(c) => Some(c.pid()),
+                    _ => None,
+                })
+            });
+            let len = msg.bytes;
+            let ours = sender.is_some_and(|p| {
+                p == pid
+                    || nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(p)))
+                        .is_ok_and(|g| g.as_raw() == pid)
+            });
+            let text = String::from_utf8_lossy(&buf[..len]);
+            if !ours {
+                debug!(
+                    "{}: NOTIFY_SOCKET: ignored a message from pid {} (not the backend's)",
+                    rt.label,
+                    sender.map_or("-".to_string(), |p| p.to_string())
+                );
+                continue;
+            }
+            for line in text.lines() {
+                if line == "READY=1" {
+                    ready = true;
+                } else if let Some(st) = line.strip_prefix("STATUS=") {
+                    debug!("{}: backend status: {st}", rt.label);
+                }
+            }
+        }
+        if ready && !b.notified {
+            b.notified = true;
+            if b.state == State::Starting {
+                b.gap = PROBE_FIRST;
+                self.backend_probe(s, now);
             }
         }
     }
@@ -940,7 +1070,7 @@ impl Server {
         b.idle_at = None;
         b.next_probe = None;
         b.start_deadline = None;
-        if let Some(fd) = b.probe.take() {
+        for fd in [b.probe.take(), b.notify.take()].into_iter().flatten() {
             let raw = fd.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
         }
@@ -982,9 +1112,22 @@ impl Server {
         }
     }
 
-    /// After a swap: probes registered under their service's new index.
+    /// After a swap: probes and notify sockets registered under their
+    /// service's new index.
     pub(super) fn probes_reregister(&mut self) {
         for s in 0..self.services.len() {
+            if let Some(fd) = self.services[s]
+                .backend
+                .as_ref()
+                .and_then(|b| b.notify.as_ref())
+            {
+                let raw = fd.as_raw_fd();
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&raw),
+                    Token(NOTIFY_BASE + s),
+                    Interest::READABLE,
+                );
+            }
             if let Some(fd) = self.services[s]
                 .backend
                 .as_ref()

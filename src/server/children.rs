@@ -155,6 +155,7 @@ impl Server {
         shown: &str,
         tracked: Option<IpAddr>,
         now: Instant,
+        extra_env: &[u8],
     ) -> Option<nix::unistd::Pid> {
         let alone = self.children.is_empty();
         let rt = &mut self.services[s];
@@ -174,7 +175,14 @@ impl Server {
             self.crash_check(s, true, false, Duration::ZERO, &why, now);
             return None;
         }
-        let mut launch = Launch::new(image, socket, listen, peer, self.devnull.as_raw_fd());
+        let mut launch = Launch::new(
+            image,
+            socket,
+            listen,
+            peer,
+            self.devnull.as_raw_fd(),
+            extra_env,
+        );
         let result = spawn::spawn(&mut launch, alone);
         drop(launch);
         let m = self.metrics.service(&rt.label);
@@ -219,7 +227,7 @@ impl Server {
             .iter()
             .map(|&g| self.listeners[g].fd.as_raw_fd())
             .collect();
-        if let Some(pid) = self.start_handler(s, lfd, &fds, &Peer::Listener, "-", None, now) {
+        if let Some(pid) = self.start_handler(s, lfd, &fds, &Peer::Listener, "-", None, now, b"") {
             let rt = &self.services[s];
             let l = &self.listeners[li];
             emit(

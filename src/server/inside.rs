@@ -899,7 +899,7 @@ impl Server {
         };
         self.metrics.service(&self.services[s].label).accepted += 1;
         let fd = theirs.as_raw_fd();
-        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now);
+        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now, b"");
         drop(theirs);
         let Some(pid) = started else {
             return;

@@ -525,6 +525,8 @@ impl Server {
                 }
                 if t == METRICS_TOKEN {
                     self.accept_scrapes();
+                } else if t.0 >= backend::NOTIFY_BASE {
+                    self.notify_event(t.0 - backend::NOTIFY_BASE);
                 } else if t.0 >= backend::PROBE_BASE {
                     self.probe_event(t.0 - backend::PROBE_BASE);
                 } else if t.0 >= backend::RELAY_BASE {
@@ -813,10 +815,18 @@ impl Server {
         self.backlog.clear();
         self.listeners.clear(); // closes every listening socket
         self.metrics_listener = None;
-        if self.opts.on_stop == OnStop::Leave || self.children.is_empty() {
-            if !self.children.is_empty() {
-                info!("stop: leaving {} handlers running", self.children.len());
-            }
+        // Handlers are left to finish (inetd's way) unless asked; a
+        // backend is always stopped: nobody relays to it any more, and it
+        // would hold its port against the next doorman's start.
+        let leave = self.opts.on_stop == OnStop::Leave;
+        let backends = self.children.iter().filter(|(_, c)| c.backend).count();
+        if leave && self.children.len() > backends {
+            info!(
+                "stop: leaving {} handlers running",
+                self.children.len() - backends
+            );
+        }
+        if self.children.is_empty() || (leave && backends == 0) {
             return 0;
         }
         // Each handler as its service says (systemd KillSignal=,
@@ -824,12 +834,16 @@ impl Server {
         let mut timeout = Duration::ZERO;
         let mut signalled = 0;
         let stoppable = |c: &Child, services: &[ServiceRt]| {
-            services
-                .get(c.service)
-                .map_or(Some(true), |s| s.svc.stop.group)
-                .is_some()
+            (!leave || c.backend)
+                && services
+                    .get(c.service)
+                    .map_or(Some(true), |s| s.svc.stop.group)
+                    .is_some()
         };
         for (pid, c) in self.children.iter() {
+            if leave && !c.backend {
+                continue;
+            }
             let spec = self
                 .services
                 .get(c.service)

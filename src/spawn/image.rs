@@ -681,18 +681,27 @@ impl<'a> Launch<'a> {
     /// Prepares a spawn of `image`: `socket` is what fds 0-2 may get (a
     /// connection, or the `wait` listener that woke), `listen` what goes to
     /// fds 3... with `LISTEN_FDS`. `devnull` is an open /dev/null.
+    /// `extra` is one more environment entry `NAME=VALUE` (a backend's
+    /// `NOTIFY_SOCKET`), or empty.
     pub fn new(
         image: &'a Rc<Image>,
         socket: RawFd,
         listen: &[RawFd],
         peer: &Peer,
         devnull: RawFd,
+        extra: &[u8],
     ) -> Self {
         let h = image.handover;
         let mut scratch = image.scratch.borrow_mut();
         scratch.bytes.clear();
         scratch.starts.clear();
         scratch.peer(peer);
+        if !extra.is_empty() {
+            let at = scratch.bytes.len();
+            scratch.starts.push(at);
+            scratch.bytes.extend_from_slice(extra);
+            scratch.bytes.push(0);
+        }
         let mut fds = [0; MAX_LISTEN];
         let mut nlisten = 0;
         let mut listen_pid = None;
@@ -960,13 +969,13 @@ mod tests {
         let mut slot = 0u64;
         // Warm up with the longest values, then count.
         for p in &peers {
-            let mut l = Launch::new(&img, 5, &[5], p, 6);
+            let mut l = Launch::new(&img, 5, &[5], p, 6, b"");
             let _ = l.plan(&mut slot);
         }
         let mut seen = Vec::with_capacity(2);
         let n = allocations(|| {
             for i in 0..100 {
-                let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6);
+                let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6, b"");
                 let plan = l.plan(&mut slot);
                 if i < 2 {
                     seen.push((plan.nlisten, plan.std, plan.envp));
@@ -977,18 +986,18 @@ mod tests {
         // The detached clone's copy into a slot's own buffers, too.
         let mut own = Own::default();
         for p in &peers {
-            let mut l = Launch::new(&img, 5, &[5], p, 6);
+            let mut l = Launch::new(&img, 5, &[5], p, 6, b"");
             let _ = l.plan_detached(&mut slot, &mut own);
         }
         let n = allocations(|| {
             for i in 0..100 {
-                let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6);
+                let mut l = Launch::new(&img, 5, &[5], &peers[i % 2], 6, b"");
                 let _ = l.plan_detached(&mut slot, &mut own);
             }
         });
         assert_eq!(n, 0, "allocations per 100 detached connections");
         // Its envp points into its own copy, with the connection's values.
-        let mut l = Launch::new(&img, 5, &[5], &peers[1], 6);
+        let mut l = Launch::new(&img, 5, &[5], &peers[1], 6, b"");
         let plan = l.plan_detached(&mut slot, &mut own);
         let env = envp(&plan);
         assert!(env.iter().any(|e| e == "REMOTE_PORT=65535"), "{env:?}");
@@ -999,7 +1008,7 @@ mod tests {
         assert_eq!(seen[0].1, [6, 6, 2]);
 
         // And the environment is right for each connection.
-        let mut l = Launch::new(&img, 5, &[5], &peers[1], 6);
+        let mut l = Launch::new(&img, 5, &[5], &peers[1], 6, b"");
         let plan = l.plan(&mut slot);
         let env = envp(&plan);
         for want in [
@@ -1016,7 +1025,7 @@ mod tests {
         // SAFETY: the slot has width + 1 bytes (see `Launch::new`).
         unsafe { crate::spawn::child::write_pid(digits, width, 4242) };
         assert!(envp(&plan).iter().any(|e| e == "LISTEN_PID=4242"));
-        let mut l = Launch::new(&img, 5, &[5], &peers[0], 6);
+        let mut l = Launch::new(&img, 5, &[5], &peers[0], 6, b"");
         let env = envp(&l.plan(&mut slot));
         assert!(env.iter().any(|e| e == "REMOTE_ADDR=127.0.0.1"), "{env:?}");
         assert_eq!(

@@ -578,34 +578,20 @@ fn idle_doorman_sleeps_without_timeout() {
         "127.0.0.1:0 stream tcp nowait,timeout=30 root /bin/echo echo ok\n",
         &[],
     );
-    let trace = d.dir.path().join("strace.out");
-    let mut strace = std::process::Command::new("strace")
-        .args(["-p", &d.pid().to_string(), "-o", trace.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("strace is required (apt-get install strace)");
-    let mut err = BufReader::new(strace.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("attached"), "strace: {line}");
-    // One connection wakes it; then it must go back to an epoll_wait with
-    // no timeout and make no other system call while idle.
-    assert_eq!(talk(d.addr(0), b""), "ok\n");
-    assert!(d.log.wait_for(&["exit service="], DEADLINE).is_some());
-    // The service has a timeout: its handler's deadline must not outlive
-    // it. A SIGUSR1 completes one more epoll_wait, whose timeout shows.
-    std::thread::sleep(Duration::from_millis(200));
-    d.signal(libc::SIGUSR1);
-    assert!(d.log.wait_for(&["state service="], DEADLINE).is_some());
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: signalling the strace we started, by pid.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    wait_child(&mut strace, DEADLINE).unwrap();
-    let out = std::fs::read_to_string(&trace).unwrap();
-    let calls: Vec<&str> = out
-        .lines()
-        .filter(|l| !l.starts_with("---") && !l.starts_with("+++") && !l.contains("resumed>"))
-        .collect();
+    let (calls, out) = traced(&d, || {
+        // One connection wakes it; then it must go back to an epoll_wait
+        // with no timeout and make no other system call while idle.
+        assert_eq!(talk(d.addr(0), b""), "ok\n");
+        assert!(d.log.wait_for(&["exit service="], DEADLINE).is_some());
+        // The service has a timeout: its handler's deadline must not
+        // outlive it. A SIGUSR1 completes one more epoll_wait, whose
+        // timeout shows.
+        std::thread::sleep(Duration::from_millis(200));
+        d.signal(libc::SIGUSR1);
+        assert!(d.log.wait_for(&["state service="], DEADLINE).is_some());
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    let calls: Vec<&str> = calls.iter().map(String::as_str).collect();
     assert!(calls.iter().any(|l| l.starts_with("accept4(")), "{out}");
     let last = calls.last().unwrap();
     assert!(

@@ -460,3 +460,33 @@ pub fn scrape_metrics(addr: SocketAddr) -> String {
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The system calls doorman makes while `during` runs (strace attached
+/// before, detached after), without signal and exit lines or the
+/// `resumed` halves; and the whole trace, for messages.
+pub fn traced(d: &Doorman, during: impl FnOnce()) -> (Vec<String>, String) {
+    let trace = d.dir.path().join(format!(
+        "strace-{}.out",
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let mut strace = Command::new("strace")
+        .args(["-p", &d.pid().to_string(), "-o", trace.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace is required (apt-get install strace)");
+    let mut err = BufReader::new(strace.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("attached"), "strace: {line}");
+    during();
+    // SAFETY: signalling the strace we started, by pid.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    wait_child(&mut strace, DEADLINE).unwrap();
+    let out = std::fs::read_to_string(&trace).unwrap();
+    let calls = out
+        .lines()
+        .filter(|l| !l.starts_with("---") && !l.starts_with("+++") && !l.contains("resumed>"))
+        .map(str::to_string)
+        .collect();
+    (calls, out)
+}

@@ -24,6 +24,7 @@ pub const INSTANCE_MARK: &str = "\u{1}instance\u{1}";
 
 mod condition;
 mod ini;
+mod proxyd;
 mod sandbox;
 mod service;
 mod socket;
@@ -127,14 +128,29 @@ pub fn parse_socket_unit(path: &Path) -> Parsed {
         b.raw.fd_name = Some(file_name.to_string());
     }
     b.socket(&socket);
-    b.service(&service);
-    b.unit_sections(&socket);
-    b.unit_sections(&service);
+    let mut backend_unit = Vec::new();
+    match proxyd::find(&service) {
+        Some(exec) => {
+            // systemd-socket-proxyd in front of a backend unit: doorman
+            // relays itself and starts the backend unit on demand.
+            backend_unit = b.socket_proxyd(path, exec, &service);
+            b.unit_sections(&socket);
+            b.unit_sections(&service);
+            b.unit_sections(&backend_unit);
+        }
+        None => {
+            b.service(&service);
+            b.unit_sections(&socket);
+            b.unit_sections(&service);
+        }
+    }
+    b.backend_mode();
     // Conditions of both units, as systemd evaluates them when it starts
     // the socket and then the service.
     let conditions: Vec<&Assignment> = socket
         .iter()
         .chain(service.iter())
+        .chain(backend_unit.iter())
         .filter(|a| a.section == "Unit" && condition_key(&a.key))
         .collect();
     let verdict = condition::check(&conditions, &mut b.warnings);

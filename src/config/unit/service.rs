@@ -380,7 +380,7 @@ impl Builder {
 
     /// A command line `[-@:+!]path args...` with quoting and specifiers
     /// (`ExecStart=`, `ExecStartPre=`, `ExecStartPost=`).
-    fn command(&self, value: &str) -> Result<crate::config::Command, String> {
+    pub(super) fn command(&self, value: &str) -> Result<crate::config::Command, String> {
         use crate::config::Privileges;
         let mut v = value;
         let mut at = false;
