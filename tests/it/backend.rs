@@ -656,3 +656,57 @@ fn idle_doorman_with_a_stopped_backend_makes_no_system_calls() {
         "{out}"
     );
 }
+
+/// Two services with their own backends in one loop; a reload with one
+/// line changed keeps the other's backend running (same pid) and stops
+/// the changed one's, whose next client starts the new program.
+#[test]
+fn several_backends_and_a_reload_that_changes_one() {
+    let dir = TempDir::new();
+    let script = py_backend(
+        &dir,
+        "say.py",
+        "",
+        "while True:\n\x20   c, _ = l.accept(); c.sendall(sys.argv[2].encode() + b'\\n'); c.close()\n",
+    );
+    let (a, b) = (free_port(), free_port());
+    let line = |port: u16, word: &str| {
+        format!(
+            "127.0.0.1:0 stream tcp nowait,proxy-to={port} root /usr/bin/python3 python3 {script} {port} {word}\n"
+        )
+    };
+    let conf = line(a, "alpha") + &line(b, "beta");
+    let d = Doorman::with_conf(dir, &conf, &[]);
+    assert_eq!(answer(d.addr(0)), "alpha\n");
+    assert_eq!(answer(d.addr(1)), "beta\n");
+    let kids = children_of(d.pid());
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let cmd = |pid: i32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .into_owned()
+    };
+    let alpha = kids
+        .iter()
+        .find(|(p, _)| cmd(*p).contains("alpha"))
+        .unwrap()
+        .0;
+    let path = d.dir.path().join("doorman.conf");
+    std::fs::write(&path, line(a, "alpha") + &line(b, "gamma")).unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(
+        d.log.wait_for(&["reload result=ok"], DEADLINE).is_some(),
+        "{}",
+        d.log.text()
+    );
+    // The beta backend is stopped; alpha's runs on untouched.
+    assert!(eventually(DEADLINE, || children_of(d.pid()).len() == 1));
+    assert_eq!(children_of(d.pid())[0].0, alpha);
+    assert_eq!(answer(d.addr(0)), "alpha\n");
+    assert_eq!(answer(d.addr(1)), "gamma\n");
+    assert_eq!(
+        d.log.count(&["backend-start service="]),
+        3,
+        "{}",
+        d.log.text()
+    );
+}

@@ -73,3 +73,25 @@ fn conf_xinetd_serves_its_service() {
     );
     drop(dir);
 }
+
+#[test]
+fn conf_proxyd_starts_its_web_server_on_demand() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = TempDir::new();
+    let (port, backend) = (free_port(), free_port());
+    for f in ["proxy-to-web.socket", "proxy-to-web.service", "web.service"] {
+        let text = std::fs::read_to_string(format!("{root}/conf/proxyd/{f}")).unwrap();
+        let text = text
+            .replace("127.0.0.1:9994", &format!("127.0.0.1:{port}"))
+            .replace("19994", &backend.to_string());
+        dir.write(f, &text, false);
+    }
+    let units = dir.path().to_str().unwrap().to_string();
+    let d = Doorman::start(TempDir::new(), &["-f".into(), units], Opts::default());
+    assert!(children_of(d.pid()).is_empty());
+    let page = talk(d.addr(0), b"GET / HTTP/1.0\r\n\r\n");
+    assert!(page.starts_with("HTTP/1.0 200"), "{page}\n{}", d.log.text());
+    assert!(page.contains("Directory listing"), "{page}");
+    assert_eq!(children_of(d.pid()).len(), 1);
+    drop(dir);
+}
