@@ -1288,13 +1288,13 @@ fn settle_families(services: &mut [Service]) {
     };
     // (type, port) claimed for IPv6 explicitly, and of those for IPv6 only
     // on the wildcard address.
-    let mut v6: Vec<(SockType, u16)> = Vec::new();
-    let mut v6only_any: Vec<(SockType, u16)> = Vec::new();
+    let mut v6: std::collections::HashSet<(SockType, u16)> = Default::default();
+    let mut v6only_any: std::collections::HashSet<(SockType, u16)> = Default::default();
     for e in services.iter().flat_map(|s| &s.endpoints) {
         if let Some(a) = inet(e).filter(|a| a.is_ipv6() && !e.optional) {
-            v6.push((e.sock_type, a.port()));
+            v6.insert((e.sock_type, a.port()));
             if e.v6only && a.ip().is_unspecified() {
-                v6only_any.push((e.sock_type, a.port()));
+                v6only_any.insert((e.sock_type, a.port()));
             }
         }
     }
@@ -1322,14 +1322,17 @@ fn settle_families(services: &mut [Service]) {
 
 /// Two services may not bind the same address: name both sources.
 fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
-    let mut seen: Vec<((SockType, Address, bool), &Service)> = Vec::new();
+    // A map, not a list: 10,000 services are 10,000 look-ups, not 50
+    // million comparisons.
+    let mut seen: std::collections::HashMap<(SockType, Address, bool), &Service> =
+        std::collections::HashMap::new();
     for svc in services {
         for e in &svc.endpoints {
             if e.ephemeral() {
                 continue; // the kernel picks a fresh port for each
             }
             let key = e.bind_key();
-            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+            if let Some(other) = seen.get(&key) {
                 errors.push(ConfigError::new(
                     &svc.origin,
                     Some("service"),
@@ -1342,7 +1345,7 @@ fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
                     ),
                 ));
             } else {
-                seen.push((key, svc));
+                seen.insert(key, svc);
             }
         }
     }

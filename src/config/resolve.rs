@@ -5,6 +5,7 @@
 //! nothing is looked up while serving (and never in a forked child).
 //! Must not: bind or spawn anything.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -20,12 +21,30 @@ use crate::error::ConfigError;
 /// The listen backlog when none is configured (what systemd uses).
 pub const DEFAULT_BACKLOG: i32 = 4096;
 
-/// Resolves raw services, caching `/etc/services` across them.
+/// Resolves raw services, caching `/etc/services` across them and every
+/// lookup by name (users, groups, hosts, programs): a load asks NSS once
+/// per distinct name, not once per line (10,000 lines naming `root` read
+/// `/etc/passwd` and `/etc/group` 10,000 times). A reload makes a new
+/// resolver, so a changed `/etc/passwd` is seen.
 pub struct Resolver {
     services_db: Option<Vec<(String, u16, String)>>,
     services_path: PathBuf,
     /// Users allocated for `DynamicUser=` units in this load (name, uid).
     dynamic: Vec<(String, u32)>,
+    creds: HashMap<(String, Option<String>), Result<Creds, (&'static str, String)>>,
+    uids: HashMap<String, Result<u32, String>>,
+    gids: HashMap<String, Result<u32, (&'static str, String)>>,
+    hosts: HashMap<String, Result<Vec<IpAddr>, String>>,
+    programs: HashMap<(String, bool), Result<PathBuf, String>>,
+}
+
+/// `map[key]`, computed by `f` the first time.
+fn memo<K: std::hash::Hash + Eq, V: Clone>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    f: impl FnOnce() -> V,
+) -> V {
+    map.entry(key).or_insert_with(f).clone()
 }
 
 impl Default for Resolver {
@@ -40,7 +59,37 @@ impl Resolver {
             services_db: None,
             services_path: PathBuf::from("/etc/services"),
             dynamic: Vec::new(),
+            creds: HashMap::new(),
+            uids: HashMap::new(),
+            gids: HashMap::new(),
+            hosts: HashMap::new(),
+            programs: HashMap::new(),
         }
+    }
+
+    fn creds(&mut self, user: &str, group: Option<&str>) -> Result<Creds, (&'static str, String)> {
+        let key = (user.to_string(), group.map(str::to_string));
+        memo(&mut self.creds, key, || resolve_creds(user, group))
+    }
+
+    fn uid(&mut self, user: &str) -> Result<u32, String> {
+        memo(&mut self.uids, user.to_string(), || resolve_uid(user))
+    }
+
+    fn gid(&mut self, group: &str) -> Result<u32, (&'static str, String)> {
+        memo(&mut self.gids, group.to_string(), || resolve_group(group))
+    }
+
+    fn host(&mut self, host: &str) -> Result<Vec<IpAddr>, String> {
+        memo(&mut self.hosts, host.to_string(), || resolve_host(host))
+    }
+
+    fn program(&mut self, program: &str, search_path: bool) -> Result<PathBuf, String> {
+        memo(
+            &mut self.programs,
+            (program.to_string(), search_path),
+            || resolve_program(program, search_path),
+        )
     }
 
     /// Turns one raw service into a validated one, or lists what is wrong.
@@ -65,7 +114,7 @@ impl Resolver {
         let static_user = raw
             .user
             .as_ref()
-            .filter(|u| !dynamic || resolve_creds(u, None).is_ok());
+            .filter(|u| !dynamic || self.creds(u, None).is_ok());
         let creds = match static_user {
             None if dynamic => {
                 let name = raw.user.clone().unwrap_or_else(|| raw.name.clone());
@@ -77,13 +126,13 @@ impl Resolver {
                     }
                 }
             }
-            Some(user) => match resolve_creds(user, raw.group.as_deref()) {
+            Some(user) => match self.creds(user, raw.group.as_deref()) {
                 Ok(mut c) => {
                     if !raw.init_groups {
                         c.groups = vec![c.gid];
                     }
                     for g in &raw.supplementary_groups {
-                        match resolve_group(g) {
+                        match self.gid(g) {
                             Ok(gid) if !c.groups.contains(&gid) => c.groups.push(gid),
                             Ok(_) => {}
                             Err((_, m)) => errors.push(ConfigError::new(
@@ -227,7 +276,7 @@ impl Resolver {
         let program = if raw.internal || redirect {
             PathBuf::new()
         } else {
-            match resolve_program(&raw.program, raw.search_path) {
+            match self.program(&raw.program, raw.search_path) {
                 Ok(p) => p,
                 Err(m) => {
                     errors.push(ConfigError::new(origin, Some("server_program"), m));
@@ -309,7 +358,7 @@ impl Resolver {
             ..Access::default()
         };
         for u in &raw.allow_users {
-            match resolve_uid(u) {
+            match self.uid(u) {
                 Ok(uid) => access.uids.push(uid),
                 Err(_) => errors.push(ConfigError::new(
                     origin,
@@ -319,7 +368,7 @@ impl Resolver {
             }
         }
         for g in &raw.allow_groups {
-            match resolve_group(g) {
+            match self.gid(g) {
                 Ok(gid) => access.gids.push(gid),
                 Err((_, m)) => errors.push(ConfigError::new(origin, Some("allow-gid"), m)),
             }
@@ -532,11 +581,11 @@ impl Resolver {
                 mode,
             } => {
                 let owner = match owner {
-                    Some(u) => Some(resolve_uid(u)?),
+                    Some(u) => Some(self.uid(u)?),
                     None => None,
                 };
                 let group = match group {
-                    Some(g) => Some(resolve_group(g).map_err(|(_, m)| m)?),
+                    Some(g) => Some(self.gid(g).map_err(|(_, m)| m)?),
                     None => None,
                 };
                 return Ok(vec![Endpoint {
@@ -575,7 +624,7 @@ impl Resolver {
         };
         let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
-            Err(_) => resolve_host(host)?,
+            Err(_) => self.host(host)?,
         };
         let mut out = Vec::new();
         for ip in ips {

@@ -51,9 +51,7 @@ impl Server {
                 }
             }
         }
-        if !self.backlog.contains(&li) {
-            self.backlog.push(li);
-        }
+        self.queue(li);
     }
 
     /// Who is at the other end of an accepted connection: the hand-over's

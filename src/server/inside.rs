@@ -599,9 +599,7 @@ impl Server {
             debug!("{}: {} bytes from {shown}", self.services[s].label, n);
         }
         // More may be waiting: take them up on the next turn.
-        if !self.backlog.contains(&li) {
-            self.backlog.push(li);
-        }
+        self.queue(li);
     }
 
     /// A connection from a trusted proxy: wait (bounded) for its header.
@@ -799,9 +797,7 @@ impl Server {
             }
             self.session_open(li, s, local, from, n);
         }
-        if !self.backlog.contains(&li) {
-            self.backlog.push(li);
-        }
+        self.queue(li);
     }
 
     /// A datagram from a peer with no session: admit it, then start a

@@ -205,6 +205,10 @@ struct ListenerRt {
     wildcard: bool,
     service: usize,
     registered: bool,
+    /// In `backlog` (or this turn's ready list) already: a flag, not a
+    /// search of the list (after a reload of 10,000 services the list
+    /// holds them all).
+    queued: bool,
     wait: WaitState,
     /// Wake-ups admitted from this socket (systemd's poll limit counts per
     /// socket), and the end of the pause its limit caused.
@@ -539,14 +543,23 @@ impl Server {
                     self.inside_event(t.0 - inside::INSIDE_BASE);
                 } else if t.0 >= SCRAPE_BASE {
                     self.serve_scrape(t.0 - SCRAPE_BASE);
-                } else if !reloaded && !ready.contains(&t.0) {
-                    // After a reload the tokens of this batch may name
-                    // other listeners: the swap queued every one instead.
-                    ready.push(t.0);
+                } else if !reloaded {
+                    // (After a reload the tokens of this batch may name
+                    // other listeners: the swap queued every one instead.)
+                    if let Some(l) = self.listeners.get_mut(t.0) {
+                        if !l.queued {
+                            l.queued = true;
+                            ready.push(t.0);
+                        }
+                    }
                 }
             }
             for l in ready {
-                if l >= self.listeners.len() || !self.listeners[l].registered {
+                if l >= self.listeners.len() {
+                    continue;
+                }
+                self.listeners[l].queued = false;
+                if !self.listeners[l].registered {
                     continue;
                 }
                 let svc = &self.services[self.listeners[l].service].svc;
@@ -692,9 +705,8 @@ impl Server {
             match r {
                 Ok(()) => {
                     l.registered = want;
-                    if want && !self.backlog.contains(&li) {
-                        self.backlog.push(li);
-                    }
+                    // EPOLL_CTL_ADD reports a socket that is ready already
+                    // (edge-triggered too): nothing to queue.
                 }
                 Err(e) => error!(
                     "{}: {} {}: {e}",
@@ -702,6 +714,16 @@ impl Server {
                     if want { "register" } else { "deregister" },
                     l.local
                 ),
+            }
+        }
+    }
+
+    /// Serves listener `li` on the next turn of the loop (once).
+    pub(super) fn queue(&mut self, li: usize) {
+        if let Some(l) = self.listeners.get_mut(li) {
+            if !l.queued {
+                l.queued = true;
+                self.backlog.push(li);
             }
         }
     }

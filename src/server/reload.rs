@@ -112,6 +112,7 @@ impl Server {
                     nonblocking,
                     service: idx,
                     registered: false,
+                    queued: false,
                     wait: WaitState::default(),
                     poll: None,
                     paused_until: None,
@@ -224,9 +225,13 @@ impl Server {
         for (b, label) in retired {
             self.backend_retire(b, &label);
         }
-        self.backlog = (0..self.listeners.len())
-            .filter(|&i| self.listeners[i].registered)
-            .collect();
+        self.backlog.clear();
+        for i in 0..self.listeners.len() {
+            self.listeners[i].queued = false;
+            if self.listeners[i].registered {
+                self.queue(i);
+            }
+        }
         for i in 0..self.services.len() {
             self.sync(i);
         }
