@@ -31,12 +31,15 @@ pub struct Resolver {
     services_path: PathBuf,
     /// Users allocated for `DynamicUser=` units in this load (name, uid).
     dynamic: Vec<(String, u32)>,
-    creds: HashMap<(String, Option<String>), Result<Creds, (&'static str, String)>>,
+    creds: HashMap<(String, Option<String>), CredsResult>,
     uids: HashMap<String, Result<u32, String>>,
     gids: HashMap<String, Result<u32, (&'static str, String)>>,
     hosts: HashMap<String, Result<Vec<IpAddr>, String>>,
     programs: HashMap<(String, bool), Result<PathBuf, String>>,
 }
+
+/// Credentials, or the field at fault and why.
+type CredsResult = Result<Creds, (&'static str, String)>;
 
 /// `map[key]`, computed by `f` the first time.
 fn memo<K: std::hash::Hash + Eq, V: Clone>(
@@ -67,7 +70,7 @@ impl Resolver {
         }
     }
 
-    fn creds(&mut self, user: &str, group: Option<&str>) -> Result<Creds, (&'static str, String)> {
+    fn creds(&mut self, user: &str, group: Option<&str>) -> CredsResult {
         let key = (user.to_string(), group.map(str::to_string));
         memo(&mut self.creds, key, || resolve_creds(user, group))
     }
