@@ -710,3 +710,51 @@ fn metrics_count_with_logging_off() {
     assert!(counted, "{line}6 not in:\n{text}");
     assert!(!err.contains("exit service="), "{err}");
 }
+
+/// A reload of a 1,000-service file with one line's address changed
+/// re-binds exactly that socket: 999 sockets are the same sockets
+/// (inodes) before and after, one is closed and one is new.
+#[test]
+fn reload_of_a_thousand_services_rebinds_only_the_changed_line() {
+    let port = free_port();
+    let line =
+        |i: usize, host: &str| format!("{host}:{port} stream tcp nowait root /bin/echo echo {i}\n");
+    let host = |i: usize| format!("127.0.{}.{}", 10 + i / 250, 1 + i % 250);
+    let conf: String = (0..1000).map(|i| line(i, &host(i))).collect();
+    let d = Doorman::with_conf(TempDir::new(), &conf, &[]);
+    assert_eq!(d.addrs.len(), 1000);
+    let before = socket_inodes(d.pid());
+    let path = d.dir.path().join("doorman.conf");
+    let changed: String = (0..1000)
+        .map(|i| {
+            line(
+                i,
+                &if i == 500 {
+                    "127.0.9.9".to_string()
+                } else {
+                    host(i)
+                },
+            )
+        })
+        .collect();
+    std::fs::write(&path, changed).unwrap();
+    sighup(&d);
+    assert!(
+        d.log.wait_for(&["reload result=ok"], DEADLINE).is_some(),
+        "{}",
+        d.log.text()
+    );
+    let after = socket_inodes(d.pid());
+    let gone: Vec<_> = before.iter().filter(|s| !after.contains(s)).collect();
+    let new: Vec<_> = after.iter().filter(|s| !before.contains(s)).collect();
+    assert_eq!((gone.len(), new.len()), (1, 1), "gone {gone:?} new {new:?}");
+    let at = |h: &str| {
+        format!("{h}:{port}")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+    };
+    assert_eq!(talk(at("127.0.9.9"), b""), "500\n");
+    assert_eq!(talk(at(&host(499)), b""), "499\n");
+    assert!(std::net::TcpStream::connect(at(&host(500))).is_err());
+    assert_eq!(d.log.count(&["listen service="]), 1001);
+}
