@@ -117,7 +117,8 @@ struct ServiceRt {
     /// hold: its share of the fd limit (see `set_fd_shares`).
     fd_share: u32,
     /// Its on-demand backend's state (`proxy-to=`).
-    backend: Option<backend::BackendRt>,
+    /// Boxed: most services have none (176 bytes each otherwise).
+    backend: Option<Box<backend::BackendRt>>,
 }
 
 impl ServiceRt {

@@ -173,7 +173,11 @@ impl Server {
         }
         for rt in &mut new_services {
             if rt.backend.is_none() {
-                rt.backend = rt.svc.backend.as_ref().map(backend::BackendRt::new);
+                rt.backend = rt
+                    .svc
+                    .backend
+                    .as_ref()
+                    .map(|c| Box::new(backend::BackendRt::new(c)));
             }
         }
         // Listeners nobody wants: out of the loop, then closed.
