@@ -1145,7 +1145,7 @@ impl Server {
 
     /// A backend left behind by a reload (its service gone or changed):
     /// held clients closed, the process stopped.
-    pub(super) fn backend_retire(&mut self, mut b: Box<BackendRt>, label: &str) {
+    pub(super) fn backend_retire(&mut self, b: &mut BackendRt, label: &str) {
         let now = Instant::now();
         for h in b.held.drain(..) {
             debug!("{label}: held client {} closed (reload)", h.shown);

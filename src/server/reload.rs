@@ -234,8 +234,8 @@ impl Server {
         self.set_loop_ports();
         self.set_fd_shares();
         self.probes_reregister();
-        for (b, label) in retired {
-            self.backend_retire(b, &label);
+        for (mut b, label) in retired {
+            self.backend_retire(&mut b, &label);
         }
         self.backlog.clear();
         for i in 0..self.listeners.len() {
