@@ -208,7 +208,7 @@ try:
             time.sleep(0.01)
         t0 = time.perf_counter()
         through.append(first_byte(cport, t0))
-        d.kill()
+        d.terminate()  # doorman stops the backend it started
         d.wait()
         procs.remove(d)
     o, t = statistics.median(own), statistics.median(through)
@@ -217,6 +217,10 @@ try:
           % (len(own), o * 1000, t * 1000, (t - o) * 1000))
 finally:
     for p in procs:
-        p.kill()
-        p.wait()
+        p.terminate()  # doorman stops its backend (here /bin/sleep) too
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -52,28 +52,43 @@ pub fn emit(level: log::Level, event: &str, fields: &[(&str, V<'_>)]) {
     if !enabled(level) {
         return;
     }
-    let line = if json() {
-        to_json(event, fields)
-    } else {
-        let mut s = String::from(event);
+    if json() {
+        let line = to_json(event, fields);
+        log::log!(target: TARGET, level, "{line}");
+        return;
+    }
+    // One buffer, reused: a line costs no allocation (two per connection
+    // at the default level, `accept` and `exit`).
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    LINE.with(|b| {
+        let Ok(mut s) = b.try_borrow_mut() else {
+            return; // a line logged while one is built: not possible today
+        };
+        s.clear();
+        s.push_str(event);
         for (k, v) in fields {
-            match *k {
-                // Text lines say `duration=12ms`; JSON has the number.
-                "duration_ms" => {
-                    let _ = write!(s, " duration={}ms", v.text());
-                }
-                k => {
-                    let _ = write!(s, " {k}={}", v.text());
+            let (k, ms) = match *k {
+                "duration_ms" => ("duration", true),
+                k => (k, false),
+            };
+            let _ = write!(s, " {k}=");
+            match v {
+                V::S(t) => s.push_str(t),
+                V::O(t) => s.push_str(t),
+                V::N(n) => {
+                    let _ = write!(s, "{n}");
                 }
             }
+            if ms {
+                s.push_str("ms");
+            }
         }
-        s
-    };
-    log::log!(target: TARGET, level, "{line}");
+        log::log!(target: TARGET, level, "{}", s.as_str());
+    });
 }
 
-/// `"event":"...","key":value,...` — the formatter adds the time and
-/// level in front and the braces.
 fn to_json(event: &str, fields: &[(&str, V<'_>)]) -> String {
     let mut s = String::from("\"event\":");
     escape_into(&mut s, event);

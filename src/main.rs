@@ -155,7 +155,7 @@ fn init_logging(args: &cli::Args) {
         b.parse_filters(&spec);
     }
     b.format(move |buf, rec| {
-        let level = rec.level().as_str().to_ascii_lowercase();
+        let level = level_word(rec.level());
         let is_event = rec.target() == events::TARGET;
         // RFC 3164 over /dev/log, facility daemon; the pid is the daemon's,
         // which changed when it detached.
@@ -172,7 +172,7 @@ fn init_logging(args: &cli::Args) {
             let mut line = String::from("{\"ts\":");
             events::escape_into(&mut line, &timestamp());
             line.push_str(",\"level\":");
-            events::escape_into(&mut line, &level);
+            events::escape_into(&mut line, level);
             line.push(',');
             if is_event {
                 line.push_str(&rec.args().to_string());
@@ -187,12 +187,31 @@ fn init_logging(args: &cli::Args) {
             // syslog stamps its own time.
             return writeln!(buf, "{level}: {}", rec.args());
         }
-        writeln!(
-            buf,
-            "{} doorman[{pid}]: {level}: {}",
-            timestamp(),
-            rec.args()
-        )
+        // The date and time to the second, formatted once per second.
+        thread_local! {
+            static STAMP: std::cell::RefCell<(u64, String)> =
+                const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        STAMP.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != now.as_secs() {
+                let t = timestamp_at(now);
+                c.1.clear();
+                c.1.push_str(&t[..19]);
+                c.0 = now.as_secs();
+            }
+            writeln!(
+                buf,
+                "{}.{:03}Z doorman[{pid}]: {}: {}",
+                c.1,
+                now.subsec_millis(),
+                level_word(rec.level()),
+                rec.args()
+            )
+        })
     });
     if syslog {
         b.target(env_logger::Target::Pipe(Box::new(Syslog::default())));
@@ -368,11 +387,28 @@ fn send_reload(args: &cli::Args) -> Result<(), Error> {
     .map_err(|e| Error::system(format!("--reload: kill -HUP {pid}"), e))
 }
 
+/// A log level as the log lines spell it.
+fn level_word(l: log::Level) -> &'static str {
+    match l {
+        log::Level::Error => "error",
+        log::Level::Warn => "warn",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    }
+}
+
 /// Now, as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a time-zone database.
 fn timestamp() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    timestamp_at(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// `d` after the epoch, as [`timestamp`] writes it.
+fn timestamp_at(d: std::time::Duration) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil from days (Howard Hinnant's algorithm).

@@ -334,6 +334,10 @@ fn silent_proxy_connections_count_and_are_bounded() {
     std::thread::sleep(Duration::from_millis(500));
     fds_within_limit(&d);
     other_service_answers(&d);
+    // (The other service's accept line may reach the log reader after
+    // its answer reached this test.)
+    assert!(d.log.wait_for(&["accept service="], DEADLINE).is_some());
+    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(d.log.count(&["accept service="]), 1, "{}", d.log.text());
     // Still there: pending reads hold 62 and the rest wait. Once they
     // leave, a proxy that speaks gets its client served.

@@ -274,10 +274,20 @@ impl Doorman {
 }
 
 impl Drop for Doorman {
+    /// Kills doorman and what it runs (handlers and backends, with their
+    /// process groups): a test leaves no server behind.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            let kids = children_of(self.pid());
             self.signal(libc::SIGKILL);
             let _ = self.child.wait();
+            for (pid, _) in kids {
+                // SAFETY: signals to processes this test's doorman started.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
         }
     }
 }
