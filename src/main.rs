@@ -86,13 +86,15 @@ fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error
         Err(errors) => return Err(Error::Config(errors)),
     };
     if plan.check {
-        let mut out = std::io::stdout().lock();
+        // Buffered: 10,000 services are a few writes, not 10,000.
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
         for w in &loaded.warnings {
             eprintln!("doorman: warning: {w}");
         }
         for s in &loaded.services {
             let _ = writeln!(out, "{s}");
         }
+        let _ = out.flush();
         if loaded.services.is_empty() {
             eprintln!("doorman: warning: the configuration declares no service to serve");
         }

@@ -36,6 +36,7 @@ pub struct Resolver {
     gids: HashMap<String, Result<u32, (&'static str, String)>>,
     hosts: HashMap<String, Result<Vec<IpAddr>, String>>,
     programs: HashMap<(String, bool), Result<PathBuf, String>>,
+    executables: HashMap<PathBuf, bool>,
 }
 
 /// Credentials, or the field at fault and why.
@@ -67,6 +68,7 @@ impl Resolver {
             gids: HashMap::new(),
             hosts: HashMap::new(),
             programs: HashMap::new(),
+            executables: HashMap::new(),
         }
     }
 
@@ -85,6 +87,10 @@ impl Resolver {
 
     fn host(&mut self, host: &str) -> Result<Vec<IpAddr>, String> {
         memo(&mut self.hosts, host.to_string(), || resolve_host(host))
+    }
+
+    fn executable(&mut self, p: &Path) -> bool {
+        memo(&mut self.executables, p.to_path_buf(), || is_executable(p))
     }
 
     fn program(&mut self, program: &str, search_path: bool) -> Result<PathBuf, String> {
@@ -287,7 +293,7 @@ impl Resolver {
                 }
             }
         };
-        if errors.is_empty() && !raw.internal && !redirect && !is_executable(&program) {
+        if errors.is_empty() && !raw.internal && !redirect && !self.executable(&program) {
             let named = raw.program_origin.as_ref().unwrap_or(origin);
             warnings.push(format!(
                 "{named}: {}: {} is not an executable file (yet); connections will fail until it is",
@@ -488,7 +494,7 @@ impl Resolver {
                 ));
                 c.argv = expand_argv(&c.argv, &exec.set_env);
             }
-            if !is_executable(&c.program) {
+            if !self.executable(&c.program) {
                 let named = c.origin.as_ref().unwrap_or(origin);
                 warnings.push(format!(
                     "{named}: {name}: {} is not an executable file (yet); starts will fail until it is",
