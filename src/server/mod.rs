@@ -206,6 +206,8 @@ struct ListenerRt {
     wildcard: bool,
     service: usize,
     registered: bool,
+    /// Registered with the poll at least once.
+    seen: bool,
     /// In `backlog` (or this turn's ready list) already: a flag, not a
     /// search of the list (after a reload of 10,000 services the list
     /// holds them all).
@@ -706,8 +708,16 @@ impl Server {
             match r {
                 Ok(()) => {
                     l.registered = want;
-                    // EPOLL_CTL_ADD reports a socket that is ready already
-                    // (edge-triggered too): nothing to queue.
+                    // Registered again (after a pause or a full spell):
+                    // served on the next turn, as before. A socket's first
+                    // registration is not queued: nothing can have been
+                    // missed, and start-up then makes no accept per
+                    // listener.
+                    if want && l.seen {
+                        self.queue(li);
+                    } else if want {
+                        self.listeners[li].seen = true;
+                    }
                 }
                 Err(e) => error!(
                     "{}: {} {}: {e}",

@@ -120,6 +120,7 @@ impl Server {
                     nonblocking,
                     service: idx,
                     registered: false,
+                    seen: false,
                     queued: false,
                     wait: WaitState::default(),
                     poll: None,
