@@ -1116,35 +1116,26 @@ impl Server {
     /// service's new index.
     pub(super) fn probes_reregister(&mut self) {
         for s in 0..self.services.len() {
-            if let Some(fd) = self.services[s]
-                .backend
-                .as_ref()
-                .and_then(|b| b.notify.as_ref())
-            {
-                let raw = fd.as_raw_fd();
-                let _ = self.poll.registry().reregister(
-                    &mut SourceFd(&raw),
-                    Token(NOTIFY_BASE + s),
-                    Interest::READABLE,
-                );
-            }
-            if let Some(fd) = self.services[s]
-                .backend
-                .as_ref()
-                .and_then(|b| b.probe.as_ref())
-            {
-                let raw = fd.as_raw_fd();
-                let _ = self.poll.registry().reregister(
-                    &mut SourceFd(&raw),
-                    Token(PROBE_BASE + s),
-                    Interest::WRITABLE,
-                );
+            let Some(b) = self.services[s].backend.as_ref() else {
+                continue;
+            };
+            let socks = [
+                (b.notify.as_ref(), NOTIFY_BASE, Interest::READABLE),
+                (b.probe.as_ref(), PROBE_BASE, Interest::WRITABLE),
+            ];
+            for (fd, base, interest) in socks {
+                if let Some(fd) = fd {
+                    let raw = fd.as_raw_fd();
+                    let _ = self.poll.registry().reregister(
+                        &mut SourceFd(&raw),
+                        Token(base + s),
+                        interest,
+                    );
+                }
             }
         }
     }
 
-    /// A backend left behind by a reload (its service gone or changed):
-    /// held clients closed, the process stopped.
     pub(super) fn backend_retire(&mut self, b: &mut BackendRt, label: &str) {
         let now = Instant::now();
         for h in b.held.drain(..) {
