@@ -74,7 +74,7 @@ struct Point {
     rate: f64,
     p99: Duration,
     errors: usize,
-    cpu_ticks: u64,
+    cpu_ns: u64,
     conns: usize,
 }
 
@@ -240,14 +240,14 @@ fn main() {
 }
 
 fn measure(s: &Server, n: usize, c: usize, plan: Plan<'_>) -> Point {
-    let cpu0 = servers::cpu_ticks(s.pid());
+    let cpu0 = servers::cpu_ns(s.pid());
     let st = load::run(s.addr, n, c, plan);
-    let cpu = servers::cpu_ticks(s.pid()) - cpu0;
+    let cpu = servers::cpu_ns(s.pid()).saturating_sub(cpu0);
     Point {
         rate: st.rate(),
         p99: st.quantile(0.99),
         errors: st.errors(),
-        cpu_ticks: cpu,
+        cpu_ns: cpu,
         conns: n,
     }
 }
@@ -279,16 +279,19 @@ fn print_table(
         limit(8),
         limit(64)
     );
-    println!("| server | c=1 conn/s | c=8 conn/s | c=64 conn/s | p99 c=1 ms | errors c=64 | daemon CPU µs/conn |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    let tick_us = 1e6 / servers::clk_tck();
+    println!("| server | c=1 conn/s | c=8 conn/s | c=64 conn/s | p99 c=1 ms | errors c=64 | daemon CPU µs/conn c=1 | c=8 | c=64 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in list {
-        let all: Vec<&Point> = CONCURRENCY
-            .iter()
-            .flat_map(|&c| results[&(s.name.clone(), c)].iter())
-            .collect();
-        let ticks: u64 = all.iter().map(|p| p.cpu_ticks).sum();
-        let conns: usize = all.iter().map(|p| p.conns).sum();
+        // Daemon CPU per connection from the scheduler's account, the
+        // median of the rounds, per concurrency.
+        let cpu = |c: usize| {
+            median(
+                results[&(s.name.clone(), c)]
+                    .iter()
+                    .map(|p| p.cpu_ns as f64 / 1e3 / p.conns.max(1) as f64)
+                    .collect(),
+            )
+        };
         let p99 = median(
             results[&(s.name.clone(), 1)]
                 .iter()
@@ -300,14 +303,16 @@ fn print_table(
             .map(|p| p.errors)
             .sum();
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
             s.name,
             med(&s.name, 1),
             med(&s.name, 8),
             med(&s.name, 64),
             p99,
             err64,
-            ticks as f64 * tick_us / conns as f64
+            cpu(1),
+            cpu(8),
+            cpu(64)
         );
     }
     println!("\nratios (medians):\n");

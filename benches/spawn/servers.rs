@@ -130,9 +130,15 @@ impl Drop for TempDir {
 
 impl Server {
     fn start(name: &str, port: u16, mut cmd: Command, dir: Option<TempDir>) -> Server {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        match &dir {
+            // A daemon that logs writes its lines to a real file.
+            Some(d) if name == "doorman" => {
+                let f = std::fs::File::create(d.0.join("doorman.log")).unwrap();
+                cmd.stderr(f)
+            }
+            _ => cmd.stderr(Stdio::null()),
+        };
         lift_nofile(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         let s = Server {
@@ -174,14 +180,21 @@ impl Server {
         Server::start(MINSPAWN, port, cmd, None)
     }
 
+    /// `name` "doorman" is the default as users run it: its accept and
+    /// exit lines on, written to a file; the spawn-method rows run `-q`.
     pub fn doorman(name: &str, handler: &Path, method: &str) -> Server {
         let port = free_port();
         let mut cmd = Command::new(DOORMAN);
-        cmd.args(["-q", "--listen", &format!("127.0.0.1:{port}"), "--"])
+        let logs = name == "doorman";
+        if !logs {
+            cmd.arg("-q");
+        }
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--"])
             .arg(handler)
             .env_remove("RUST_LOG")
             .env("DOORMAN_SPAWN", method);
-        Server::start(name, port, cmd, None)
+        let dir = logs.then(|| TempDir::new("log"));
+        Server::start(name, port, cmd, dir)
     }
 }
 
@@ -362,15 +375,16 @@ pub fn idle(handler: &Path, count: usize) -> (u64, Duration) {
     (rss, ready)
 }
 
-/// utime + stime of a process (not its children), in clock ticks.
-pub fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-pub fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+/// The time a process's threads (not its children) have spent on a CPU,
+/// in nanoseconds: the scheduler's own account (`/proc/PID/task/*/
+/// schedstat`), exact where utime+stime are sampled in 10 ms ticks.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }

@@ -396,6 +396,7 @@ impl Server {
         }
         l.paused_until = Some(until);
         let s = l.service;
+        self.timed_listener(li);
         let rt = &self.services[s];
         *self
             .metrics
@@ -456,6 +457,7 @@ impl Server {
             ],
         );
         rt.paused_until = Some(until);
+        self.timed_service(s);
         self.sync(s);
     }
 }

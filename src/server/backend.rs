@@ -966,7 +966,8 @@ impl Server {
     /// Backend deadlines that have come: probes, start timeouts, idle
     /// stops, kills after the grace, retries.
     pub(super) fn expire_backends(&mut self, now: Instant) {
-        for s in 0..self.services.len() {
+        for k in 0..self.timed.backends.len() {
+            let s = self.timed.backends[k];
             let Some(b) = self.services[s].backend.as_mut() else {
                 continue;
             };

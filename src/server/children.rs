@@ -246,6 +246,7 @@ impl Server {
                 w.running += 1;
                 if allows_more {
                     w.rearm_at = Some(now + DGRAM_REARM);
+                    self.timed_listener(g);
                 }
             }
             let hold = WaitHold {

@@ -270,6 +270,12 @@ pub struct Server {
     /// Handler deadlines (`timeout`), earliest first; entries whose child
     /// is gone or has a newer deadline are dropped when they surface.
     timeouts: BinaryHeap<Reverse<(Instant, i32)>>,
+    /// The services and listeners that may hold a deadline of their own
+    /// (a pause, a re-arm delay, a backend's timers): the loop's turn
+    /// looks at these, not at every service, so that its cost does not
+    /// grow with the configuration. Rebuilt by each load; an entry whose
+    /// deadlines have all gone is dropped when it is next looked at.
+    timed: Timed,
     footprint: Footprint,
     /// A configuration was loaded since the last give-back.
     loaded: bool,
@@ -384,6 +390,7 @@ impl Server {
             scrapes: Vec::new(),
             notify: Notify::from_env(),
             timeouts: BinaryHeap::new(),
+            timed: Timed::default(),
             global_full: false,
             footprint: Footprint::new(),
             loaded: true,
@@ -580,21 +587,68 @@ impl Server {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.services
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let (services, listeners) = (&self.services, &self.listeners);
+        self.timed
+            .paused
+            .retain(|&s| services.get(s).is_some_and(|rt| rt.paused_until.is_some()));
+        self.timed.listeners.retain(|&li| {
+            listeners
+                .get(li)
+                .is_some_and(|l| l.paused_until.is_some() || l.wait.rearm_at.is_some())
+        });
+        let paused = self
+            .timed
+            .paused
             .iter()
-            .filter_map(|s| s.paused_until)
-            .chain(self.listeners.iter().filter_map(|l| l.wait.rearm_at))
-            .chain(self.listeners.iter().filter_map(|l| l.paused_until))
+            .filter_map(|&s| services[s].paused_until);
+        let listener = self.timed.listeners.iter().flat_map(|&li| {
+            let l = &listeners[li];
+            [l.wait.rearm_at, l.paused_until].into_iter().flatten()
+        });
+        let backends = self.timed.backends.iter().filter_map(|&s| {
+            services
+                .get(s)
+                .and_then(|rt| rt.backend.as_ref())
+                .and_then(|b| b.deadline())
+        });
+        paused
+            .chain(listener)
+            .chain(backends)
             .chain(self.scrapes.iter().flatten().map(|s| s.deadline))
             .chain(self.emfile_until)
             .chain(self.timeouts.peek().map(|Reverse((t, _))| *t))
-            .chain(
-                self.services
-                    .iter()
-                    .filter_map(|s| s.backend.as_ref().and_then(|b| b.deadline())),
-            )
             .min()
+    }
+
+    /// Notes that service `s` is paused now (see [`Timed`]).
+    fn timed_service(&mut self, s: usize) {
+        if !self.timed.paused.contains(&s) {
+            self.timed.paused.push(s);
+        }
+    }
+
+    /// Notes that listener `li` has a pause or re-arm delay now.
+    fn timed_listener(&mut self, li: usize) {
+        if !self.timed.listeners.contains(&li) {
+            self.timed.listeners.push(li);
+        }
+    }
+
+    /// Rebuilds [`Timed`] for a new set of services and listeners (a load).
+    fn index_timed(&mut self) {
+        self.timed.paused = (0..self.services.len())
+            .filter(|&s| self.services[s].paused_until.is_some())
+            .collect();
+        self.timed.backends = (0..self.services.len())
+            .filter(|&s| self.services[s].backend.is_some())
+            .collect();
+        self.timed.listeners = (0..self.listeners.len())
+            .filter(|&li| {
+                let l = &self.listeners[li];
+                l.paused_until.is_some() || l.wait.rearm_at.is_some()
+            })
+            .collect();
     }
 
     /// Ends rate pauses, the `EMFILE` back-off, re-arm delays and slow
@@ -610,7 +664,8 @@ impl Server {
                 self.sync(i);
             }
         }
-        for i in 0..self.services.len() {
+        for k in 0..self.timed.paused.len() {
+            let i = self.timed.paused[k];
             if self.services[i].paused_until.is_some_and(|t| t <= now) {
                 self.services[i].paused_until = None;
                 emit(
@@ -621,7 +676,8 @@ impl Server {
                 self.sync(i);
             }
         }
-        for li in 0..self.listeners.len() {
+        for k in 0..self.timed.listeners.len() {
+            let li = self.timed.listeners[k];
             if self.listeners[li].wait.rearm_at.is_some_and(|t| t <= now) {
                 self.listeners[li].wait.rearm_at = None;
                 self.sync(self.listeners[li].service);
@@ -975,4 +1031,16 @@ pub(super) fn log_accept(label: &str, shown: &str, peer: &Peer, pid: nix::unistd
 
 fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(0))
+}
+
+/// See [`Server::timed`]: indices into the services and listeners, few
+/// (what is paused now, and the services with a backend). A pause or
+/// re-arm delay is noted where it is set; entries are never stale in the
+/// other direction (a deadline without its entry), since every setter
+/// notes it.
+#[derive(Default)]
+struct Timed {
+    paused: Vec<usize>,
+    listeners: Vec<usize>,
+    backends: Vec<usize>,
 }

@@ -234,6 +234,7 @@ impl Server {
         self.listeners.shrink_to_fit();
         self.set_loop_ports();
         self.set_fd_shares();
+        self.index_timed();
         self.probes_reregister();
         for (mut b, label) in retired {
             self.backend_retire(&mut b, &label);
