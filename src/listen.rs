@@ -30,9 +30,10 @@
 //!   it through that descriptor.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -206,12 +207,70 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
         ),
         Address::Unix(p) => Address::Unix(p.clone()),
     };
+    let fd = lift(fd);
     Ok(Bound {
         fd,
         local,
         unlink,
         node,
     })
+}
+
+/// Where listeners go when there are many of them: at or above this fd
+/// (0: where the kernel puts them, the lowest free). See [`plan_fds`].
+static HIGH_BASE: AtomicI32 = AtomicI32::new(0);
+
+/// Listeners from this many on are lifted above [`LIFT_BASE`].
+pub const LIFT_FROM: usize = 64;
+/// The fd listeners are lifted to: the fds below it (connections,
+/// doorman's own few) are all a handler's spawn copies (see
+/// `spawn::fd_base`).
+pub const LIFT_BASE: RawFd = 1024;
+
+/// Decides, before a load binds its `listeners` sockets, where they go.
+/// With many, they are kept at or above [`LIFT_BASE`], so that a spawn
+/// copies only doorman's low fds into the child (`close_range` with
+/// `CLOSE_RANGE_UNSHARE`, see `spawn`) instead of every listener, and the
+/// child's exec closes only those: with 10,000 listeners the copy and the
+/// close-on-exec pass cost more than the rest of a spawn. Lifting needs
+/// room above the base within the fd limit; without it nothing moves.
+pub fn plan_fds(listeners: usize) {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft);
+    let room = LIFT_BASE as u64 + listeners as u64 + 256;
+    let base = if listeners >= LIFT_FROM && limit >= room {
+        LIFT_BASE
+    } else {
+        0
+    };
+    // Once lifted, a reload to fewer listeners keeps the base: the
+    // listeners already up there stay where they are.
+    if base > 0 {
+        HIGH_BASE.store(base, Ordering::Relaxed);
+    }
+}
+
+/// The fd at or above which doorman keeps its listeners (0: none lifted):
+/// no fd a handler is given is there (a `wait` listener excepted).
+pub fn high_base() -> RawFd {
+    HIGH_BASE.load(Ordering::Relaxed)
+}
+
+/// `fd` moved to the lifted range (close-on-exec, as every fd of
+/// doorman's), or left where it is when there is none or no room.
+fn lift(fd: OwnedFd) -> OwnedFd {
+    let base = high_base();
+    if base == 0 || fd.as_raw_fd() >= base {
+        return fd;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own; the new fd, if any, is
+    // owned by the OwnedFd made from it, the old one is closed by drop.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, base) };
+    if high < 0 {
+        return fd;
+    }
+    // SAFETY: a new fd that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(high) }
 }
 
 /// The name of an abstract unix socket (`@name`), if `path` is one.

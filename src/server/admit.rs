@@ -194,11 +194,10 @@ impl Server {
             return self.inside_open(s, kind, conn, peer, tracked, shown, now);
         }
         self.metrics.service(&self.services[s].label).accepted += 1;
-        let fd = conn.as_raw_fd();
-        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now, b"");
-        // doorman keeps no copy: a child stopped before its exec would
-        // hold it open (see `at_fault`).
-        drop(conn);
+        // doorman keeps no copy once the child has its own (see
+        // `spawn::spawn`): a child stopped before its exec would hold it
+        // open (see `at_fault`).
+        let started = self.start_handler(s, Handed::Conn(conn), &peer, &shown, tracked, now, b"");
         let Some(pid) = started else {
             return;
         };

@@ -504,7 +504,11 @@ impl Server {
             rt.counters.release(None);
             None
         } else {
-            self.start_handler(s, devnull, &[], &Peer::Listener, "-", None, now, &env)
+            let handed = Handed::Kept {
+                socket: devnull,
+                listen: &[],
+            };
+            self.start_handler(s, handed, &Peer::Listener, "-", None, now, &env)
         };
         let rt = &mut self.services[s];
         let Some(b) = rt.backend.as_mut() else {

@@ -140,8 +140,7 @@ impl Server {
         self.check_global();
     }
 
-    /// Starts a handler of service `s` on `socket` (and `listen` for
-    /// `LISTEN_FDS`), for `peer` (`shown` in logs), admitted under
+    /// Starts a handler of service `s` on what is `handed` to it, for `peer` (`shown` in logs), admitted under
     /// `tracked`. A failure is dealt with here, as every hand-over treats
     /// it: counted, logged, the admission given back and counted towards
     /// the crash-loop limit; then `None`.
@@ -149,8 +148,7 @@ impl Server {
     pub(super) fn start_handler(
         &mut self,
         s: usize,
-        socket: RawFd,
-        listen: &[RawFd],
+        handed: Handed<'_>,
         peer: &Peer,
         shown: &str,
         tracked: Option<IpAddr>,
@@ -175,6 +173,15 @@ impl Server {
             self.crash_check(s, true, false, Duration::ZERO, &why, now);
             return None;
         }
+        // A connection goes to fds 0-2, or to fd 3 with LISTEN_FDS.
+        let one;
+        let (conn, socket, listen) = match handed {
+            Handed::Conn(c) => {
+                one = [c.as_raw_fd()];
+                (Some(c), one[0], &one[..])
+            }
+            Handed::Kept { socket, listen } => (None, socket, listen),
+        };
         let mut launch = Launch::new(
             image,
             socket,
@@ -183,7 +190,7 @@ impl Server {
             self.devnull.as_raw_fd(),
             extra_env,
         );
-        let result = spawn::spawn(&mut launch, alone);
+        let result = spawn::spawn(&mut launch, alone, conn);
         drop(launch);
         let m = self.metrics.service(&rt.label);
         match result {
@@ -227,7 +234,11 @@ impl Server {
             .iter()
             .map(|&g| self.listeners[g].fd.as_raw_fd())
             .collect();
-        if let Some(pid) = self.start_handler(s, lfd, &fds, &Peer::Listener, "-", None, now, b"") {
+        let handed = Handed::Kept {
+            socket: lfd,
+            listen: &fds,
+        };
+        if let Some(pid) = self.start_handler(s, handed, &Peer::Listener, "-", None, now, b"") {
             let rt = &self.services[s];
             let l = &self.listeners[li];
             emit(

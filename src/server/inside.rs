@@ -894,9 +894,7 @@ impl Server {
             local,
         };
         self.metrics.service(&self.services[s].label).accepted += 1;
-        let fd = theirs.as_raw_fd();
-        let started = self.start_handler(s, fd, &[fd], &peer, &shown, tracked, now, b"");
-        drop(theirs);
+        let started = self.start_handler(s, Handed::Conn(theirs), &peer, &shown, tracked, now, b"");
         let Some(pid) = started else {
             return;
         };

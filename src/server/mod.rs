@@ -294,6 +294,14 @@ pub struct Server {
     opts: Options,
 }
 
+/// What a handler is given: a connection doorman hands over (its copy
+/// is closed by the spawn), or fds doorman keeps (a `wait` listener and
+/// its group for `LISTEN_FDS`, /dev/null for a backend).
+pub(super) enum Handed<'a> {
+    Conn(OwnedFd),
+    Kept { socket: RawFd, listen: &'a [RawFd] },
+}
+
 /// Binds one endpoint, falling back from a dual-stack "any" socket to
 /// IPv4 on hosts without IPv6. `Ok(None)`: an optional endpoint skipped.
 /// Listeners the loop reads or accepts from itself are non-blocking; a
@@ -484,6 +492,8 @@ impl Server {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
+            // Connections kept for children that now have their own copy.
+            spawn::settle();
             self.prune_timeouts();
             let inside_next = self.inside.next_deadline();
             let timeout = if self.backlog.is_empty()

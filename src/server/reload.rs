@@ -17,6 +17,7 @@ impl Server {
     /// service out and the rest goes on.
     pub(super) fn swap(&mut self, services: Vec<Service>, fatal: bool) -> Result<usize, Error> {
         let mut left_out = 0;
+        listen::plan_fds(services.iter().map(|s| s.endpoints.len()).sum());
         let mut old_listeners: Vec<Option<ListenerRt>> = std::mem::take(&mut self.listeners)
             .into_iter()
             .map(Some)

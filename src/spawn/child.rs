@@ -13,6 +13,9 @@
 //!    page shared with it (`MAP_SHARED`, fork). See [`super::image`].
 //! 2. **Allowed here:** system calls made directly ([`sys`]: an inline
 //!    `syscall`/`svc` instruction on x86-64 and AArch64), in this order:
+//!    `close_range` (a child born sharing doorman's fd table takes its
+//!    copy of the low fds; `unshare` before Linux 5.9; a detached one
+//!    then sets its slot's `unshared` word and sends doorman `SIGCHLD`),
 //!    `rt_sigaction`, `setpgid` (or `setsid`), `fcntl`, `dup3`,
 //!    `prlimit64`, `setpriority`, `umask`, `setgroups` → `setgid` →
 //!    `setuid`, `prctl(PR_CAP_AMBIENT_CLEAR_ALL)` and `capset` (a handler
@@ -28,7 +31,8 @@
 //!    could panic (every loop is bounded by `take`).
 //! 3. **Memory:** with `CLONE_VM` the child runs in doorman's memory on a
 //!    stack of its own. The only memory it writes is that stack, the
-//!    `LISTEN_PID` digits and the report word; the detached child's are
+//!    `LISTEN_PID` digits, the report word and (a detached child sharing
+//!    doorman's fd table) the `unshared` word; the detached child's are
 //!    its own (a slot in [`super`]) until the kernel clears the slot's
 //!    `busy` word at its exec or exit, and doorman neither reuses them nor
 //!    frees what the plan points into: the slot holds a reference to the
@@ -39,8 +43,9 @@
 //!    above it, so that no placement overwrites a socket still to be
 //!    placed; a socket already at its place has `FD_CLOEXEC` cleared
 //!    explicitly (`dup3` to itself is refused). Sockets are handed
-//!    blocking. (The child has a copy of doorman's fd table: no
-//!    `CLONE_FILES`.)
+//!    blocking. (The child has a copy of doorman's fd table: born with
+//!    one, or, with `CLONE_FILES`, taken as its first step, of the fds
+//!    below doorman's lifted listeners, where every fd of its plan is.)
 //! 5. **Failure path:** store the stage and errno in the report word, then
 //!    `exit(127)`. doorman reads the word when it reaps the child (at once
 //!    for vfork, whose parent is suspended until then); it never waits for
@@ -222,6 +227,7 @@ pub enum Stage {
     Chdir = 12,
     Setpgid = 13,
     Caps = 14,
+    Unshare = 15,
 }
 
 impl Stage {
@@ -241,6 +247,7 @@ impl Stage {
             12 => Stage::Chdir,
             13 => Stage::Setpgid,
             14 => Stage::Caps,
+            15 => Stage::Unshare,
             _ => return None,
         })
     }
@@ -261,6 +268,7 @@ impl Stage {
             Stage::Chdir => "chdir",
             Stage::Setpgid => "setpgid",
             Stage::Caps => "drop capabilities",
+            Stage::Unshare => "unshare fd table",
         }
     }
 }
@@ -319,6 +327,16 @@ pub struct ChildPlan {
     /// the child (in its memory for a `CLONE_VM` child, in a page shared
     /// with it after `fork()`).
     pub report: *mut u64,
+    /// 0: the child was born with a copy of doorman's fd table. Otherwise
+    /// it shares doorman's (`CLONE_FILES`) and its first step takes a copy
+    /// of only the fds below this one (`close_range(N, ~0,
+    /// CLOSE_RANGE_UNSHARE)`), where every fd of the plan is.
+    pub share_below: c_int,
+    /// A detached child sharing doorman's table: where it stores 1 once
+    /// it has its copy, and the process it then sends `SIGCHLD` so that
+    /// doorman closes its own copy of the connection (null and 0: none).
+    pub unshared: *mut u32,
+    pub tell: pid_t,
 }
 
 impl ChildPlan {
@@ -424,6 +442,9 @@ struct CapData {
     inheritable: u32,
 }
 
+/// `close_range`'s flag: unshare the fd table first (Linux 5.9).
+const CLOSE_RANGE_UNSHARE: usize = 1 << 1;
+
 /// `_LINUX_CAPABILITY_VERSION_3`.
 pub const CAP_VERSION_3: u32 = 0x2008_0522;
 
@@ -439,6 +460,31 @@ pub const CAP_VERSION_3: u32 = 0x2008_0522;
 /// keeps unchanged until the child has exec'd or exited.
 pub unsafe fn exec_child(plan: &ChildPlan) -> ! {
     let report = plan.report;
+    // A child born sharing doorman's fd table takes its own copy first,
+    // of the low fds only (the listeners doorman keeps above
+    // `share_below` are neither copied nor closed at exec); before Linux
+    // 5.9 (no close_range) a copy of all of them.
+    if plan.share_below > 0 {
+        if sys::call3(
+            libc::SYS_close_range,
+            plan.share_below as usize,
+            u32::MAX as usize,
+            CLOSE_RANGE_UNSHARE,
+        )
+        .is_err()
+        {
+            check(
+                sys::call1(libc::SYS_unshare, libc::CLONE_FILES as usize),
+                report,
+                Stage::Unshare,
+            );
+        }
+        if !plan.unshared.is_null() {
+            // A volatile store: doorman reads it from its own thread.
+            std::ptr::write_volatile(plan.unshared, 1);
+            let _ = sys::call2(libc::SYS_kill, plan.tell as usize, libc::SIGCHLD as usize);
+        }
+    }
     // Dispositions first: those doorman ignores (SIGPIPE, and anything
     // ignored when doorman started; execve would keep them ignored).
     let dfl = KernelSigaction { words: [0; 8] };

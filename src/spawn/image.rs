@@ -874,6 +874,9 @@ impl<'a> Launch<'a> {
             listen_pid_slot,
             creds,
             report,
+            share_below: 0,
+            unshared: ptr::null_mut(),
+            tell: 0,
         }
         .checked()
     }

@@ -26,6 +26,7 @@ pub mod seccomp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -243,27 +244,91 @@ static NEXT_RUN: AtomicU32 = AtomicU32::new(FORK_RUN);
 /// detached clone wins (c=8: 4,328 against 3,951 with vfork alone; c=64:
 /// 4,987 against 4,007), as doorman accepts the next one while the child
 /// execs.
-pub fn spawn(launch: &mut Launch<'_>, alone: bool) -> Result<Pid, SpawnError> {
+///
+/// `conn`: doorman's copy of the connection the launch hands over, which
+/// doorman closes: at once, or, for a detached child born sharing
+/// doorman's fd table (see [`share_base`]), once that child has a copy of
+/// its own (it says so with a `SIGCHLD`; [`settle`] closes it).
+pub fn spawn(
+    launch: &mut Launch<'_>,
+    alone: bool,
+    conn: Option<OwnedFd>,
+) -> Result<Pid, SpawnError> {
     let stoppable = launch.image().switches_user();
-    match method() {
+    let mut conn = conn;
+    let r = match method() {
         Method::Fork => spawn_fork(launch),
-        Method::Vfork if !stoppable => spawn_vfork(launch, spawn_fork),
+        Method::Vfork if !stoppable => spawn_vfork(launch, &mut conn, spawn_fork_conn),
         // A saturated machine: the detached clone, which suspends doorman
         // for no child, rather than fork, which costs doorman ~3x the CPU
         // of a clone (page tables copied, copy-on-write faults after).
-        Method::Auto if alone && !stoppable => spawn_vfork(launch, detached_or_fork),
-        Method::Vfork | Method::Auto | Method::Clone => detached_or_fork(launch),
-    }
+        Method::Auto if alone && !stoppable => spawn_vfork(launch, &mut conn, detached_or_fork),
+        Method::Vfork | Method::Auto | Method::Clone => detached_or_fork(launch, &mut conn),
+    };
+    drop(conn);
+    r
 }
 
 /// The detached clone, or fork when every slot's child is still on its
 /// way to exec (a saturated machine, or children stopped before their
 /// exec): fork waits for none of them.
-fn detached_or_fork(launch: &mut Launch<'_>) -> Result<Pid, SpawnError> {
-    match spawn_detached(launch) {
+fn detached_or_fork(
+    launch: &mut Launch<'_>,
+    conn: &mut Option<OwnedFd>,
+) -> Result<Pid, SpawnError> {
+    match spawn_detached(launch, conn) {
         Some(r) => r,
         None => spawn_fork(launch),
     }
+}
+
+fn spawn_fork_conn(launch: &mut Launch<'_>, _: &mut Option<OwnedFd>) -> Result<Pid, SpawnError> {
+    spawn_fork(launch)
+}
+
+/// The fd below which a child sharing doorman's fd table takes its copy
+/// (`ChildPlan::share_below`), or 0: share only when doorman keeps its
+/// listeners lifted ([`crate::listen::high_base`]) and every fd of the
+/// plan is below them. Then the clone copies no fd table and the child
+/// copies only doorman's low fds; otherwise (few listeners, or a `wait`
+/// listener handed over) the child is born with a copy of all of them.
+fn share_base(plan: &ChildPlan) -> libc::c_int {
+    let base = crate::listen::high_base();
+    let low = plan
+        .std
+        .iter()
+        .chain(plan.listen.iter().take(plan.nlisten))
+        .all(|&fd| fd < base);
+    if base > 0 && low {
+        base
+    } else {
+        0
+    }
+}
+
+/// doorman's pid, which a detached child sharing its fd table tells.
+fn own_pid() -> libc::pid_t {
+    static PID: OnceLock<libc::pid_t> = OnceLock::new();
+    *PID.get_or_init(|| std::process::id() as libc::pid_t)
+}
+
+/// Connections doorman still holds for detached children that share its
+/// fd table and have not yet taken their copy.
+static HELD: AtomicU32 = AtomicU32::new(0);
+
+/// Closes doorman's copy of each connection whose child has its own fd
+/// table by now (or has exec'd or exited). Cheap when none is held; the
+/// loop calls it each turn (a child that took its copy sends `SIGCHLD`,
+/// which wakes the loop).
+pub fn settle() {
+    if HELD.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    SLOTS.with(|cell| {
+        for s in cell.borrow_mut().iter_mut() {
+            s.settle();
+        }
+    })
 }
 
 /// At most this many detached children on their way to exec at once.
@@ -286,6 +351,10 @@ struct Slot {
     /// The top of this slot's stack.
     stack: usize,
     plan: Option<ChildPlan>,
+    /// Set by a child born sharing doorman's fd table once it has a copy
+    /// of its own; until then doorman holds the connection (`held`).
+    unshared: AtomicU32,
+    held: Option<OwnedFd>,
     /// The connection's bytes and, while the child may read it, the
     /// image its plan points into (a reload may drop its service
     /// meanwhile: the slot keeps it alive).
@@ -295,6 +364,18 @@ struct Slot {
 impl Slot {
     fn free(&self) -> bool {
         self.busy.load(Ordering::Acquire) == 0 && self.report.load(Ordering::Acquire) == 0
+    }
+
+    /// Lets go of the held connection once the child no longer needs
+    /// doorman's copy: it has its own table, or it exec'd or exited.
+    fn settle(&mut self) {
+        if self.held.is_some()
+            && (self.unshared.load(Ordering::Acquire) != 0
+                || self.busy.load(Ordering::Acquire) == 0)
+        {
+            self.held = None;
+            HELD.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -312,7 +393,15 @@ thread_local! {
 /// machine too busy to run the child right away, nor by a child stopped
 /// before its exec). `None`: no slot is free (or no stack could be
 /// mapped, or this architecture has no raw system calls).
-fn spawn_detached(launch: &mut Launch<'_>) -> Option<Result<Pid, SpawnError>> {
+///
+/// With `conn` and doorman's listeners lifted, the child is born sharing
+/// doorman's fd table (`CLONE_FILES`: no copy at the clone) and takes its
+/// own copy of the low fds as its first step; until it has, doorman keeps
+/// the connection open in the slot (`conn` is taken).
+fn spawn_detached(
+    launch: &mut Launch<'_>,
+    conn: &mut Option<OwnedFd>,
+) -> Option<Result<Pid, SpawnError>> {
     if !child::sys::RAW {
         return None;
     }
@@ -327,6 +416,8 @@ fn spawn_detached(launch: &mut Launch<'_>) -> Option<Result<Pid, SpawnError>> {
                     pid: 0,
                     stack: map_stack()?,
                     plan: None,
+                    unshared: AtomicU32::new(0),
+                    held: None,
                     own: Own::default(),
                 }));
                 slots.len() - 1
@@ -334,7 +425,18 @@ fn spawn_detached(launch: &mut Launch<'_>) -> Option<Result<Pid, SpawnError>> {
             None => return None,
         };
         let slot = &mut *slots[i];
-        let plan = launch.plan_detached(slot.report.as_ptr(), &mut slot.own);
+        slot.settle();
+        let mut plan = launch.plan_detached(slot.report.as_ptr(), &mut slot.own);
+        let mut flags = libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD;
+        if conn.is_some() {
+            plan.share_below = share_base(&plan);
+        }
+        if plan.share_below > 0 {
+            flags |= libc::CLONE_FILES;
+            slot.unshared.store(0, Ordering::Release);
+            plan.unshared = slot.unshared.as_ptr();
+            plan.tell = own_pid();
+        }
         let plan: *const ChildPlan = slot.plan.insert(plan);
         slot.busy.store(1, Ordering::Release);
         let blocked = AllBlocked::new();
@@ -355,7 +457,7 @@ fn spawn_detached(launch: &mut Launch<'_>) -> Option<Result<Pid, SpawnError>> {
             libc::clone(
                 child_entry,
                 slot.stack as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                flags,
                 plan.cast_mut().cast(),
                 std::ptr::null_mut::<libc::pid_t>(),
                 std::ptr::null_mut::<libc::c_void>(),
@@ -370,6 +472,13 @@ fn spawn_detached(launch: &mut Launch<'_>) -> Option<Result<Pid, SpawnError>> {
             return Some(Err(SpawnError { stage: None, errno }));
         }
         slot.pid = pid;
+        if flags & libc::CLONE_FILES != 0 {
+            // The child may still need doorman's copy of the connection
+            // (its table is doorman's until its first step): kept here
+            // until `settle` sees it has its own.
+            slot.held = conn.take();
+            HELD.fetch_add(1, Ordering::Relaxed);
+        }
         Some(Ok(Pid::from_raw(pid)))
     })
 }
@@ -522,15 +631,16 @@ pub fn trim() {
 /// µs for the detached clone).
 fn spawn_vfork(
     launch: &mut Launch<'_>,
-    instead: fn(&mut Launch<'_>) -> Result<Pid, SpawnError>,
+    conn: &mut Option<OwnedFd>,
+    instead: fn(&mut Launch<'_>, &mut Option<OwnedFd>) -> Result<Pid, SpawnError>,
 ) -> Result<Pid, SpawnError> {
     let Some(top) = child_stack_top() else {
-        return instead(launch);
+        return instead(launch, conn);
     };
     let left = FORK_LEFT.load(Ordering::Relaxed);
     if left > 0 {
         FORK_LEFT.store(left - 1, Ordering::Relaxed);
-        return instead(launch);
+        return instead(launch, conn);
     }
     // Instant::now reads the vDSO clock: no system call.
     let t0 = Instant::now();
@@ -568,7 +678,15 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 
 fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
     let mut slot: u64 = 0;
-    let plan = launch.plan(&mut slot);
+    let mut plan = launch.plan(&mut slot);
+    // Sharing doorman's fd table is safe here for any plan `share_base`
+    // allows, connection or not: doorman is suspended until the child has
+    // exec'd or exited, so no fd of its changes meanwhile.
+    plan.share_below = share_base(&plan);
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    if plan.share_below > 0 {
+        flags |= libc::CLONE_FILES;
+    }
     // No signal handler can run in the child, which shares doorman's
     // memory: doorman installs none (its signals come through a signalfd
     // and stay blocked), and every signal is blocked in the child from
@@ -593,7 +711,7 @@ fn spawn_clone(launch: &mut Launch<'_>, top: usize) -> Result<Pid, SpawnError> {
             libc::clone(
                 child_entry,
                 top as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                flags,
                 (&plan as *const ChildPlan).cast_mut().cast(),
             )
         }

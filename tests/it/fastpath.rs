@@ -116,7 +116,9 @@ fn twenty_thousand_connections_at_c64_through_clone() {
 const PROBE_PY: &str = r#"
 import os, stat, sys
 out = []
-for fd in range(64):
+# Every fd, however high (doorman keeps many listeners above 1024); the
+# listing's own fd is closed by the time it is looked at.
+for fd in sorted(int(x) for x in os.listdir("/proc/self/fd")):
     try:
         st = os.fstat(fd)
     except OSError:
@@ -129,7 +131,41 @@ out.append("ids %d %d %d %d groups %s" % (os.getuid(), os.geteuid(), os.getgid()
 os.write(int(sys.argv[1]), ("\n".join(out) + "\n").encode())
 "#;
 
+/// Extra services that make doorman lift its listeners above fd 1024 (see
+/// `listen::plan_fds`): then a spawn shares doorman's fd table and the
+/// child copies only the low fds.
+fn many_listeners() -> String {
+    "127.0.0.1:0 stream tcp nowait root /bin/true true\n".repeat(70)
+}
+
+/// Whether doorman `pid` keeps fds at or above 1024 (its listeners, when
+/// it has many and its fd limit leaves room: a soft limit it raised to a
+/// hard one below 1,400 does not).
+fn lifted(pid: i32) -> bool {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let high = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&fd| fd >= 1024)
+        .count();
+    if soft < 1400 {
+        eprintln!("SKIPPED: fd limit {soft} leaves no room to lift listeners");
+        return true;
+    }
+    high >= 70
+}
+
 fn probe(method: &str) {
+    probe_with(method, "")
+}
+
+fn probe_with(method: &str, extra: &str) {
     let dir = TempDir::new();
     dir.write("probe.py", PROBE_PY, false);
     let mut conf = String::from(
@@ -143,7 +179,11 @@ fn probe(method: &str) {
     } else {
         eprintln!("SKIPPED: the privilege drop part of probe({method}) needs root");
     }
+    conf += extra;
     let d = start(&conf, method, dir);
+    if !extra.is_empty() {
+        assert!(lifted(d.pid()), "{method}: listeners not lifted");
+    }
 
     let out = talk(d.addr(0), b"");
     let fds: Vec<&str> = out.lines().filter(|l| l.starts_with("fd ")).collect();
@@ -205,16 +245,75 @@ fn handover_modes_and_privilege_drop_through_fork() {
     probe("fork");
 }
 
+// With its listeners lifted doorman hands over exactly the same fds: the
+// detached child (clone) and the vfork child share its fd table until
+// their first step, which copies the low fds only.
+#[test]
+fn handover_modes_and_privilege_drop_with_many_listeners_through_clone() {
+    probe_with("clone", &many_listeners());
+}
+
+#[test]
+fn handover_modes_and_privilege_drop_with_many_listeners_through_vfork() {
+    probe_with("vfork", &many_listeners());
+}
+
+#[test]
+fn exec_failure_reports_its_errno_with_many_listeners() {
+    exec_errors_with("clone", &many_listeners());
+    exec_errors_with("vfork", &many_listeners());
+}
+
+/// doorman holds a connection for a detached child that shares its fd
+/// table only until that child has its own copy: a handler that closes
+/// the connection and lingers leaves the client at EOF, and doorman's
+/// fd count comes back, while it still runs.
+#[test]
+fn a_lingering_handler_that_closed_its_socket_leaves_the_client_at_eof() {
+    let dir = TempDir::new();
+    dir.write(
+        "linger",
+        "#!/bin/sh\necho bye\nexec </dev/null >/dev/null 2>&1\nexec sleep 30\n",
+        true,
+    );
+    let conf =
+        "127.0.0.1:0 stream tcp nowait root {dir}/linger linger\n".to_string() + &many_listeners();
+    let d = start(&conf, "clone", dir);
+    assert!(lifted(d.pid()));
+    let fds_before = d.fd_count();
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(d.addr(0)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "bye\n");
+    }
+    let sleepers = children_of(d.pid());
+    assert_eq!(sleepers.len(), 3, "the handlers still run: {sleepers:?}");
+    assert!(
+        eventually(DEADLINE, || d.fd_count() == fds_before),
+        "doorman holds {} fds, {fds_before} before",
+        d.fd_count()
+    );
+    for (pid, _) in sleepers {
+        // SAFETY: a handler this test's doorman started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
 fn exec_errors(method: &str) {
+    exec_errors_with(method, "")
+}
+
+fn exec_errors_with(method: &str, extra: &str) {
     let dir = TempDir::new();
     dir.write("noexec", "#!/bin/sh\necho never\n", false);
-    let d = start(
-        "127.0.0.1:0 stream tcp nowait root /nonexistent/prog prog\n\
+    let conf = "127.0.0.1:0 stream tcp nowait root /nonexistent/prog prog\n\
          127.0.0.1:0 stream tcp nowait root {dir}/noexec noexec\n\
-         127.0.0.1:0 stream tcp nowait root /bin/echo echo still here\n",
-        method,
-        dir,
-    );
+         127.0.0.1:0 stream tcp nowait root /bin/echo echo still here\n"
+        .to_string()
+        + extra;
+    let d = start(&conf, method, dir);
     assert_eq!(talk(d.addr(0), b""), "");
     assert_eq!(talk(d.addr(1), b""), "");
     assert!(
