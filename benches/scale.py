@@ -8,8 +8,17 @@ peers: until all N ports are listening in /proc/net/tcp), RSS then and
 line's port changed (time from the signal to the `reload` line, and how
 many listening sockets changed: it must be exactly one).
 
-    cargo build --release && /usr/bin/python3 benches/scale.py target/release/doorman
+Then, when `cargo bench --bench spawn --no-run` has built the load
+generator and the `hello` handler: what a connection costs doorman with
+N services: one `hello` service more (port 19999), 2,000 connections at
+c=1 and at c=8 after 200 to warm up, daemon CPU per connection from
+/proc/PID/task/*/schedstat (nanoseconds, the daemon's own threads) and
+the connection rate. It must not grow with N.
+
+    cargo build --release && cargo bench --bench spawn --no-run &&
+        /usr/bin/python3 benches/scale.py target/release/doorman
 """
+import glob
 import os, resource, signal, subprocess, sys, tempfile, time
 
 binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/doorman"
@@ -71,6 +80,12 @@ def rss(pid):
     return 0
 
 
+def tail(path, pos):
+    with open(path) as f:
+        f.seek(pos)
+        return f.read()
+
+
 def stop(p):
     p.terminate()
     try:
@@ -103,9 +118,12 @@ def doorman(n):
     before = inodes(p.pid)
     with open(conf, "w") as f:
         f.write(inetd_conf(n, shift=n // 2))
+    # Only what the reload writes is read (reading a 10,000-line log
+    # every half millisecond would compete with doorman for the CPU).
+    pos = os.path.getsize(log.name)
     t = time.perf_counter()
     p.send_signal(signal.SIGHUP)
-    while "reload result=" not in open(log.name).read():
+    while "reload result=" not in tail(log.name, pos):
         if time.perf_counter() - t > 30:
             raise SystemExit("no reload line: " + open(log.name).read()[-600:])
         time.sleep(0.0005)
@@ -156,3 +174,57 @@ for n in sizes:
         ready, r0, r1 = got
         print("%-16s %7d %10.1f %10d %10d %9.2f %10s %8s" % (
             name, n, ready * 1000, r0, r1, r1 / n, "-", "-"))
+
+
+def daemon_ns(pid):
+    total = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+            total += int(f.read().split()[0])
+    return total
+
+
+def connection_cost(n, gen, hello):
+    conf = os.path.join(tmp, "c%d.conf" % n)
+    with open(conf, "w") as f:
+        f.write("127.0.0.1:%d stream tcp nowait.10000000 root %s hello\n" % (BASE - 1, hello))
+        f.write(inetd_conf(n))
+    r, w = os.pipe()
+    log = open(os.path.join(tmp, "c%d.log" % n), "w")
+    # Log lines on, as users run it.
+    p = subprocess.Popen([binary, "--ready-fd", str(w), "-f", conf], pass_fds=(w,),
+                         stdout=subprocess.DEVNULL, stderr=log)
+    os.close(w)
+    if not os.read(r, 64):
+        raise SystemExit("doorman did not get ready")
+    out = []
+    try:
+        for c in (1, 8):
+            load = [gen, "--load", "127.0.0.1:%d" % (BASE - 1), "-c", str(c)]
+            subprocess.run(load + ["-n", "200"], stdout=subprocess.DEVNULL, check=True)
+            ns0 = daemon_ns(p.pid)
+            t = time.perf_counter()
+            res = subprocess.run(load + ["-n", "2000"], stdout=subprocess.PIPE, text=True,
+                                 check=True).stdout
+            dt = time.perf_counter() - t
+            ns = daemon_ns(p.pid) - ns0
+            if " ok 2000 " not in res:
+                raise SystemExit("connections failed: " + res)
+            out.append((ns / 2000 / 1000, 2000 / dt))
+    finally:
+        stop(p)
+    return out
+
+
+gens = [g for g in glob.glob(os.path.join(os.path.dirname(binary), "deps", "spawn-*"))
+        if os.access(g, os.X_OK) and not g.endswith(".d")]
+hello = os.path.join(os.path.dirname(binary), "bench-handlers", "hello")
+if gens and os.path.exists(hello):
+    print()
+    print("%-16s %7s %14s %12s %14s %12s" % (
+        "connections", "N", "c=1 CPU us", "c=1 conn/s", "c=8 CPU us", "c=8 conn/s"))
+    for n in [0] + sizes:
+        (u1, r1), (u8, r8) = connection_cost(n, gens[0], hello)
+        print("%-16s %7d %14.1f %12.0f %14.1f %12.0f" % ("doorman", n, u1, r1, u8, r8))
+else:
+    print("\n(connection cost skipped: run cargo bench --bench spawn --no-run first)")

@@ -22,6 +22,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{ConfigError, Origin};
@@ -383,6 +384,17 @@ pub struct ExecSpec {
     pub runtime_max: Option<Duration>,
 }
 
+impl ExecSpec {
+    /// Without the spare capacity the parser's vectors grew with.
+    pub fn shrunk(mut self) -> ExecSpec {
+        self.pass_env.shrink_to_fit();
+        self.set_env.shrink_to_fit();
+        self.unset_env.shrink_to_fit();
+        self.rlimits.shrink_to_fit();
+        self
+    }
+}
+
 /// How a handler is stopped when doorman stops it (`--stop-children`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StopSpec {
@@ -576,6 +588,18 @@ pub struct Access {
 }
 
 impl Access {
+    /// Without the spare capacity the parser's vectors grew with.
+    pub fn shrunk(mut self) -> Access {
+        for v in [&mut self.uids, &mut self.gids] {
+            v.shrink_to_fit();
+        }
+        self.allow.shrink_to_fit();
+        self.deny.shrink_to_fit();
+        self
+    }
+}
+
+impl Access {
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty()
             && self.deny.is_empty()
@@ -762,17 +786,22 @@ pub struct Service {
     pub mode: Mode,
     pub handover: Handover,
     pub handler: Handler,
-    /// `None`: run as doorman itself runs (no privilege change).
-    pub creds: Option<Creds>,
-    pub limits: Limits,
+    /// `None`: run as doorman itself runs (no privilege change). Shared
+    /// by the services of one load that name the same user and group.
+    pub creds: Option<std::sync::Arc<Creds>>,
+    /// Shared with the services of a load written alike (see
+    /// `resolve::Resolver`): 10,000 such services cost one copy.
+    pub limits: Arc<Limits>,
     /// `LISTEN_FDNAMES` for the `fd3` hand-over (default `connection` per
     /// connection, the service name in wait mode, as systemd).
     pub fd_name: String,
     /// A description for logs (systemd `Description=`).
     pub description: Option<String>,
-    pub exec: ExecSpec,
+    /// Shared as `limits` is.
+    pub exec: Arc<ExecSpec>,
     pub stop: StopSpec,
-    pub access: Access,
+    /// Shared as `limits` is.
+    pub access: Arc<Access>,
     pub refusal: Refusal,
     /// Served behind tcpmux (RFC 1078) under this name instead of on a
     /// port of its own; `true`: tcpmux answers `+` first (`tcpmux/+NAME`).
@@ -794,19 +823,7 @@ impl Service {
         if let Handler::Exec { argv, .. } = &mut self.handler {
             argv.shrink_to_fit();
         }
-        if let Some(c) = &mut self.creds {
-            c.groups.shrink_to_fit();
-        }
         self.fd_name.shrink_to_fit();
-        self.exec.pass_env.shrink_to_fit();
-        self.exec.set_env.shrink_to_fit();
-        self.exec.unset_env.shrink_to_fit();
-        self.exec.rlimits.shrink_to_fit();
-        for v in [&mut self.access.uids, &mut self.access.gids] {
-            v.shrink_to_fit();
-        }
-        self.access.allow.shrink_to_fit();
-        self.access.deny.shrink_to_fit();
     }
 
     pub fn internal(&self) -> Option<Internal> {

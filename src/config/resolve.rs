@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::inetd::{Family, RawBind, RawService};
 use super::passwd;
@@ -37,10 +38,26 @@ pub struct Resolver {
     hosts: HashMap<String, Result<Vec<IpAddr>, String>>,
     programs: HashMap<(String, bool), Result<PathBuf, String>>,
     executables: HashMap<PathBuf, bool>,
+    /// The last service's limits, exec settings and access lists: the
+    /// next one written alike shares them (most lines of a long file are:
+    /// 10,000 services then hold one copy, not 10,000 of 450 bytes).
+    last_limits: Option<Arc<super::Limits>>,
+    last_exec: Option<Arc<super::ExecSpec>>,
+    last_access: Option<Arc<Access>>,
+}
+
+/// `v`, as the copy in `last` when equal, or as a new one that becomes
+/// `last`.
+fn shared<T: PartialEq>(last: &mut Option<Arc<T>>, v: T) -> Arc<T> {
+    match last {
+        Some(a) if **a == v => Arc::clone(a),
+        _ => Arc::clone(last.insert(Arc::new(v))),
+    }
 }
 
 /// Credentials, or the field at fault and why.
-type CredsResult = Result<Creds, (&'static str, String)>;
+/// Shared: the services that name one user hold one copy of it.
+type CredsResult = Result<Arc<Creds>, (&'static str, String)>;
 
 /// `map[key]`, computed by `f` the first time.
 fn memo<K: std::hash::Hash + Eq, V: Clone>(
@@ -69,12 +86,17 @@ impl Resolver {
             hosts: HashMap::new(),
             programs: HashMap::new(),
             executables: HashMap::new(),
+            last_limits: None,
+            last_exec: None,
+            last_access: None,
         }
     }
 
     fn creds(&mut self, user: &str, group: Option<&str>) -> CredsResult {
         let key = (user.to_string(), group.map(str::to_string));
-        memo(&mut self.creds, key, || resolve_creds(user, group))
+        memo(&mut self.creds, key, || {
+            resolve_creds(user, group).map(Arc::new)
+        })
     }
 
     fn uid(&mut self, user: &str) -> Result<u32, String> {
@@ -128,7 +150,7 @@ impl Resolver {
             None if dynamic => {
                 let name = raw.user.clone().unwrap_or_else(|| raw.name.clone());
                 match self.dynamic_user(&name) {
-                    Ok(c) => Some(c),
+                    Ok(c) => Some(Arc::new(c)),
                     Err(m) => {
                         errors.push(ConfigError::new(origin, Some("DynamicUser"), m));
                         None
@@ -137,12 +159,16 @@ impl Resolver {
             }
             Some(user) => match self.creds(user, raw.group.as_deref()) {
                 Ok(mut c) => {
+                    // A copy of its own only for a service that changes it.
                     if !raw.init_groups {
-                        c.groups = vec![c.gid];
+                        let gid = c.gid;
+                        Arc::make_mut(&mut c).groups = vec![gid];
                     }
                     for g in &raw.supplementary_groups {
                         match self.gid(g) {
-                            Ok(gid) if !c.groups.contains(&gid) => c.groups.push(gid),
+                            Ok(gid) if !c.groups.contains(&gid) => {
+                                Arc::make_mut(&mut c).groups.push(gid)
+                            }
                             Ok(_) => {}
                             Err((_, m)) => errors.push(ConfigError::new(
                                 origin,
@@ -457,12 +483,12 @@ impl Resolver {
                 },
             },
             creds,
-            limits,
+            limits: shared(&mut self.last_limits, limits),
             fd_name: raw.fd_name.clone().unwrap_or(default_fd_name),
             description: raw.description.clone(),
-            exec,
+            exec: shared(&mut self.last_exec, exec.shrunk()),
             stop: raw.stop,
-            access,
+            access: shared(&mut self.last_access, access.shrunk()),
             refusal: raw.refusal.clone(),
             tcpmux: raw.tcpmux.clone(),
             proxy,

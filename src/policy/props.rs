@@ -225,8 +225,8 @@ impl Driver {
         if let Some(m) = l.max_instances {
             prop_assert!(self.c.running() <= m, "{} > {m}", self.c.running());
         }
-        prop_assert!(self.c.sources.len() <= SOURCE_MAX);
-        for (ip, s) in &self.c.sources {
+        prop_assert!(self.c.sources_tracked() <= SOURCE_MAX);
+        for (ip, s) in self.c.rest.iter().flat_map(|r| r.sources.iter()) {
             let alive = self.alive.iter().filter(|(k, _)| *k == Some(*ip)).count();
             prop_assert_eq!(s.running as usize, alive, "source {}", ip);
             if let Some(m) = l.max_per_source {
@@ -252,7 +252,7 @@ impl Driver {
         }
         self.check()?;
         prop_assert_eq!(self.c.running(), 0);
-        for (ip, s) in &self.c.sources {
+        for (ip, s) in self.c.rest.iter().flat_map(|r| r.sources.iter()) {
             prop_assert_eq!(s.running, 0, "source {} still counted", ip);
         }
         Ok(())

@@ -242,7 +242,7 @@ pub struct Image {
     argv_template: Option<Vec<String>>,
     instances: std::cell::Cell<u64>,
     env: Rc<Vec<CString>>,
-    creds: Option<Creds>,
+    creds: Option<std::sync::Arc<Creds>>,
     set_groups: bool,
     /// The handler runs as another user than doorman: from its switch on,
     /// that user can signal (and stop) it.
