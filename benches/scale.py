@@ -157,7 +157,18 @@ def peer(name, argv, conf_text, n):
 print("%-16s %7s %10s %10s %10s %9s %10s %8s  %s" % (
     "server", "N", "ready ms", "RSS KiB", "idle KiB", "KiB/svc", "check ms", "reload ms",
     "sockets changed by the reload"))
+# The floor under any of them: benches/handlers/bindfloor.c makes the N
+# listening sockets with the five system calls doorman needs per socket
+# (socket, SO_REUSEADDR, bind, listen, epoll_ctl) and nothing else.
+floor = os.path.join(tmp, "bindfloor")
+here = os.path.dirname(os.path.abspath(__file__))
+if subprocess.run(["cc", "-O2", "-o", floor, os.path.join(here, "handlers", "bindfloor.c")]).returncode:
+    floor = None
 for n in sizes:
+    if floor:
+        ms = float(subprocess.run([floor, str(BASE), str(n)], stdout=subprocess.PIPE,
+                                  text=True, check=True).stdout)
+        print("%-16s %7d %10.1f" % ("raw bind floor", n, ms))
     ready, r0, r1, check, reload, changed = doorman(n)
     print("%-16s %7d %10.1f %10d %10d %9.2f %10.1f %8.1f  %d" % (
         "doorman", n, ready * 1000, r0, r1, r1 / n, check * 1000, reload * 1000, changed))
@@ -218,7 +229,7 @@ def connection_cost(n, gen, hello):
 
 gens = [g for g in glob.glob(os.path.join(os.path.dirname(binary), "deps", "spawn-*"))
         if os.access(g, os.X_OK) and not g.endswith(".d")]
-hello = os.path.join(os.path.dirname(binary), "bench-handlers", "hello")
+hello = os.path.abspath(os.path.join(os.path.dirname(binary), "bench-handlers", "hello"))
 if gens and os.path.exists(hello):
     print()
     print("%-16s %7s %14s %12s %14s %12s" % (

@@ -145,3 +145,65 @@ mod tests {
         );
     }
 }
+
+thread_local! {
+    /// Log lines gathered while a load binds its sockets (see [`gather`]).
+    static GATHERED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Gathered lines are written out once they fill this much.
+const GATHER_BLOCK: usize = 64 * 1024;
+
+/// While the returned guard lives, log lines on stderr are gathered and
+/// written in blocks of [`GATHER_BLOCK`] (and the rest when it drops)
+/// instead of one `write` each: a load of 10,000 services logs 10,000
+/// `listen` lines, which cost 10,000 system calls otherwise. Lines keep
+/// their order; nothing else is held back.
+pub fn gather() -> Gathering {
+    GATHERED.with(|g| {
+        let mut g = g.borrow_mut();
+        if g.is_none() {
+            *g = Some(Vec::with_capacity(GATHER_BLOCK));
+        }
+    });
+    Gathering(())
+}
+
+pub struct Gathering(());
+
+impl Drop for Gathering {
+    fn drop(&mut self) {
+        if let Some(rest) = GATHERED.with(|g| g.borrow_mut().take()) {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &rest);
+        }
+    }
+}
+
+/// doorman's stderr as the logger writes it: each line in one `write`,
+/// or gathered (see [`gather`]).
+pub struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let gathered = GATHERED.with(|g| {
+            let mut g = g.borrow_mut();
+            let Some(buf) = g.as_mut() else {
+                return false;
+            };
+            buf.extend_from_slice(data);
+            if buf.len() >= GATHER_BLOCK {
+                let _ = std::io::stderr().write_all(buf);
+                buf.clear();
+            }
+            true
+        });
+        if !gathered {
+            std::io::stderr().write_all(data)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -202,6 +202,8 @@ pub fn bind(e: &Endpoint, nonblocking: bool) -> Result<Bound, BindError> {
         socket::listen(&fd, backlog).map_err(|err| (format!("listen {}", e.addr), err))?;
     }
     let local = match &e.addr {
+        // Bound where asked: only port 0 needs the kernel's answer.
+        Address::Inet(a) if a.port() != 0 => Address::Inet(*a),
         Address::Inet(_) => Address::Inet(
             local_addr(fd.as_raw_fd()).map_err(|err| ("getsockname".to_string(), err))?,
         ),
@@ -254,6 +256,68 @@ pub fn plan_fds(listeners: usize) {
 /// no fd a handler is given is there (a `wait` listener excepted).
 pub fn high_base() -> RawFd {
     HIGH_BASE.load(Ordering::Relaxed)
+}
+
+/// While alive, every free fd below the lift base is taken by a
+/// placeholder, so that the sockets a load makes meanwhile are born above
+/// it: with thousands to bind this costs two system calls per free low
+/// fd (at most [`LIFT_BASE`]), where [`lift`] costs two per socket.
+pub struct Lifting {
+    held: Vec<RawFd>,
+}
+
+/// Fills the low fds for a load that binds `fresh` sockets, when that is
+/// cheaper than lifting each (see [`Lifting`]); `None` otherwise.
+pub fn lifting(fresh: usize) -> Option<Lifting> {
+    let base = high_base();
+    if base == 0 || fresh < base as usize / 2 {
+        return None;
+    }
+    let mut held = Vec::new();
+    // SAFETY: opening a path with flags; the fd is kept in `held`, whose
+    // drop closes it.
+    let first = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if first < 0 {
+        return None;
+    }
+    let mut fd = first;
+    while fd < base {
+        held.push(fd);
+        // SAFETY: F_DUPFD_CLOEXEC of an fd we hold; the new one is ours.
+        fd = unsafe { libc::fcntl(first, libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            break;
+        }
+    }
+    if fd >= base {
+        // SAFETY: the copy we just made, above the base: not a placeholder.
+        unsafe { libc::close(fd) };
+    }
+    Some(Lifting { held })
+}
+
+impl Drop for Lifting {
+    fn drop(&mut self) {
+        self.held.sort_unstable();
+        let mut i = 0;
+        while i < self.held.len() {
+            let mut j = i;
+            while j + 1 < self.held.len() && self.held[j + 1] == self.held[j] + 1 {
+                j += 1;
+            }
+            let (lo, hi) = (self.held[i], self.held[j]);
+            // SAFETY: a run of placeholders this struct holds and nothing
+            // else uses; close_range (Linux 5.9) closes the run in one call.
+            let r = unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi as u32, 0u32) };
+            if r != 0 {
+                for fd in lo..=hi {
+                    // SAFETY: as above, one at a time.
+                    unsafe { libc::close(fd) };
+                }
+            }
+            i = j + 1;
+        }
+    }
 }
 
 /// `fd` moved to the lifted range (close-on-exec, as every fd of

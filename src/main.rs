@@ -218,7 +218,7 @@ fn init_logging(args: &cli::Args) {
     if syslog {
         b.target(env_logger::Target::Pipe(Box::new(Syslog::default())));
     } else {
-        b.target(env_logger::Target::Stderr);
+        b.target(env_logger::Target::Pipe(Box::new(events::Stderr)));
     }
     b.init();
 }

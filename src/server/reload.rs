@@ -35,6 +35,16 @@ impl Server {
                 by_key.entry(l.key.clone()).or_default().push(j);
             }
         }
+        // Thousands of new sockets are born above the lift base rather
+        // than moved there one by one.
+        let fresh = services
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .filter(|ep| !by_key.contains_key(&ep.bind_key()))
+            .count();
+        let lifting = listen::lifting(fresh);
+        // One `listen` line per new socket: written in blocks.
+        let gathering = (fresh > 64).then(events::gather);
         'svc: for svc in services {
             let idx = new_services.len();
             let label = svc.label();
@@ -231,6 +241,8 @@ impl Server {
         self.relays_remap(&old_to_new_service);
         self.sessions_remap(&old_to_new_listener);
         self.services = new_services;
+        drop(lifting);
+        drop(gathering);
         self.listeners = new_listeners;
         self.listeners.shrink_to_fit();
         self.set_loop_ports();
