@@ -1209,7 +1209,13 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
                 Format::Inetd => inetd::parse(file, &text),
             }
         };
-        raws.extend(parsed.services);
+        // (The first file's services are taken as they are: a copy of
+        // 10,000 raw services is a fair part of a load.)
+        if raws.is_empty() {
+            raws = parsed.services;
+        } else {
+            raws.extend(parsed.services);
+        }
         warnings.extend(parsed.warnings);
         errors.extend(parsed.errors);
     }
@@ -1217,7 +1223,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
         raws.push(raw.clone());
     }
     let mut resolver = resolve::Resolver::new();
-    let mut services = Vec::new();
+    let mut services = Vec::with_capacity(raws.len());
     for raw in &raws {
         match resolver.resolve(raw) {
             Ok((svc, mut w)) => {

@@ -527,15 +527,11 @@ impl Server {
                 continue;
             }
             // Signals first: reaping frees capacity before we accept.
-            let mut reloaded = false;
             if events.iter().any(|e| e.token() == SIGNAL_TOKEN) {
                 for sig in self.trap.drain() {
                     match sig {
                         Signal::Child => self.reap(),
-                        Signal::Reload => {
-                            self.reload();
-                            reloaded = true;
-                        }
+                        Signal::Reload => self.reload(),
                         Signal::Dump => self.dump(),
                         Signal::Stop => return self.stop(),
                     }
@@ -563,9 +559,11 @@ impl Server {
                     self.inside_event(t.0 - inside::INSIDE_BASE);
                 } else if t.0 >= SCRAPE_BASE {
                     self.serve_scrape(t.0 - SCRAPE_BASE);
-                } else if !reloaded {
-                    // (After a reload the tokens of this batch may name
-                    // other listeners: the swap queued every one instead.)
+                } else {
+                    // After a reload a token of this batch may name another
+                    // listener than it did: serving that one finds nothing
+                    // to accept, and the one that moved was registered
+                    // again, which reports it again if it is readable.
                     if let Some(l) = self.listeners.get_mut(t.0) {
                         if !l.queued {
                             l.queued = true;

@@ -210,10 +210,19 @@ impl Server {
                 ],
             );
         }
-        // Tokens are listener indices: kept sockets are registered again
-        // under their new index.
+        // Tokens are listener indices: a kept socket whose index changed is
+        // registered again under its new one (edge-triggered, the kernel
+        // then reports it again if it is readable: nothing is missed). One
+        // at the same index keeps its registration: a reload that changes
+        // one line of 10,000 touches that line's socket, not every one.
+        let mut old_index = vec![usize::MAX; new_listeners.len()];
+        for (j, n) in old_to_new_listener.iter().enumerate() {
+            if let Some(n) = *n {
+                old_index[n] = j;
+            }
+        }
         for (i, l) in new_listeners.iter().enumerate() {
-            if l.registered {
+            if l.registered && old_index[i] != i {
                 let raw = l.fd.as_raw_fd();
                 if let Err(e) = self.poll.registry().reregister(
                     &mut SourceFd(&raw),
@@ -252,11 +261,15 @@ impl Server {
         for (mut b, label) in retired {
             self.backend_retire(&mut b, &label);
         }
-        self.backlog.clear();
-        for i in 0..self.listeners.len() {
-            self.listeners[i].queued = false;
-            if self.listeners[i].registered {
-                self.queue(i);
+        // Listeners waiting for their next turn keep it, under their new
+        // index.
+        let backlog = std::mem::take(&mut self.backlog);
+        for l in &mut self.listeners {
+            l.queued = false;
+        }
+        for j in backlog {
+            if let Some(Some(n)) = old_to_new_listener.get(j) {
+                self.queue(*n);
             }
         }
         for i in 0..self.services.len() {

@@ -395,6 +395,47 @@ fn an_idle_doorman_gives_start_up_memory_back() {
 }
 
 #[test]
+fn reloads_that_move_a_listener_lose_no_connection() {
+    // A reload that adds or drops a service before this one moves its
+    // listener to another index (its epoll token), and only such a
+    // listener is registered again. One client at a time, so that nothing
+    // else would wake a listener whose readiness was lost: each
+    // connection is answered, none waits for the next.
+    let dir = TempDir::new();
+    let d = start(
+        "127.0.0.78:9 stream tcp nowait.0 root /bin/echo echo A\n",
+        "clone",
+        dir,
+    );
+    let addr = d.addr(0);
+    let conf = d.dir.path().join("doorman.conf");
+    let port = addr.port();
+    let other = free_port();
+    let load = std::thread::spawn(move || hammer(addr, 400, 1, b"A\n"));
+    let mut reloads = 0;
+    while !load.is_finished() && reloads < 400 {
+        let front = if reloads % 2 == 0 {
+            format!("127.0.0.78:{other} stream tcp nowait.0 root /bin/echo echo other\n")
+        } else {
+            String::new()
+        };
+        let tmp = conf.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            format!("{front}127.0.0.78:{port} stream tcp nowait.0 root /bin/echo echo A\n"),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &conf).unwrap();
+        d.signal(libc::SIGHUP);
+        reloads += 1;
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    assert_eq!(load.join().unwrap(), 0, "lost or wrong replies");
+    assert!(reloads >= 5, "only {reloads} reloads during the load");
+    assert_eq!(d.log.count(&["error"]), 0, "{}", d.log.text());
+}
+
+#[test]
 fn reloads_while_handlers_start_keep_every_reply_right() {
     // With the detached clone, children still on their way to exec read
     // the service's spawn image while doorman goes on; a reload must not
