@@ -492,7 +492,7 @@ impl Resolver {
             refusal: raw.refusal.clone(),
             tcpmux: raw.tcpmux.clone(),
             proxy,
-            backend,
+            backend: backend.map(Box::new),
             unit,
         };
         Ok((svc, warnings))

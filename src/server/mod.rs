@@ -217,8 +217,6 @@ struct ListenerRt {
     /// socket), and the end of the pause its limit caused.
     poll: policy::Window,
     paused_until: Option<Instant>,
-    /// The endpoint as last applied (a reload re-applies what changed).
-    ep: Endpoint,
     /// A unix socket file's inode, as bound.
     node: Option<listen::Node>,
     _unlink: Option<UnlinkOnDrop>,

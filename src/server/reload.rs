@@ -60,11 +60,14 @@ impl Server {
                     // A kept socket gets what changed re-applied.
                     Some(j) => {
                         let mut l = old_listeners[j].take().expect("present");
-                        let r = listen::reapply(&l.fd, &l.ep, ep, l.node)
-                            .map(|()| {
-                                l.ep = ep.clone();
-                                keep_file(&mut l, ep);
-                            })
+                        // The endpoint as the socket's last service had it
+                        // (the listener keeps no copy of its own).
+                        let was = old_services
+                            .get(l.service)
+                            .and_then(|o| o.svc.endpoints.iter().find(|e| e.bind_key() == key))
+                            .unwrap_or(ep);
+                        let r = listen::reapply(&l.fd, was, ep, l.node)
+                            .map(|()| keep_file(&mut l, ep))
                             .map_err(|(what, errno)| {
                                 format!("{label}: {what}: {} ({})", errno.desc(), svc.origin)
                             });
@@ -136,7 +139,6 @@ impl Server {
                     wait: WaitState::default(),
                     poll: None,
                     paused_until: None,
-                    ep: ep.clone(),
                     node: b.node,
                     _unlink: b.unlink,
                 });
