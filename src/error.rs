@@ -5,7 +5,8 @@
 //! Must not: decide when to exit; `main.rs` does that.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Exit status for success.
 pub const EXIT_OK: u8 = 0;
@@ -20,16 +21,28 @@ pub const EXIT_SYSTEM: u8 = 111;
 /// command line or for the file as a whole).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
-    pub file: PathBuf,
+    /// Shared by the items of one file (see [`Origin::new`]).
+    pub file: Arc<Path>,
     pub line: usize,
 }
 
 impl Origin {
+    /// Items of the same file as the last one share its path: 10,000
+    /// services of one file hold one copy of its name.
     pub fn new(file: impl Into<PathBuf>, line: usize) -> Origin {
-        Origin {
-            file: file.into(),
-            line,
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<Arc<Path>>> =
+                const { std::cell::RefCell::new(None) };
         }
+        let file: PathBuf = file.into();
+        let file = LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            match &*last {
+                Some(a) if **a == *file => Arc::clone(a),
+                _ => Arc::clone(last.insert(Arc::from(file))),
+            }
+        });
+        Origin { file, line }
     }
 
     /// The command line, for `--listen` services.

@@ -163,7 +163,7 @@ const TEXT_TARGETS: &[(&str, TextTarget)] = &[
 /// `file:line`.
 fn check_report(name: &str, r: &Report) -> Result<(), TestCaseError> {
     for e in &r.errors {
-        let Some((_, n)) = r.files.iter().find(|(f, _)| *f == e.origin.file) else {
+        let Some((_, n)) = r.files.iter().find(|(f, _)| **f == *e.origin.file) else {
             return Err(TestCaseError::fail(format!(
                 "{name}: error names no file read: {e}"
             )));
@@ -949,7 +949,7 @@ fn a_missing_service_file_is_the_error_of_the_line_naming_it() {
     let p = unit::parse_socket_unit(&sock);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     let e = &p.errors[0];
-    assert_eq!((&e.origin.file, e.origin.line), (&sock, 3), "{e}");
+    assert_eq!((&*e.origin.file, e.origin.line), (sock.as_path(), 3), "{e}");
     assert!(e.message.contains("gone.service: No such file"), "{e}");
 }
 
@@ -962,7 +962,7 @@ fn a_service_without_exec_start_names_its_full_path() {
     let svc = dir.write("n.service", b"[Service]\n");
     let p = unit::parse_socket_unit(&sock);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
-    assert_eq!(p.errors[0].origin.file, svc, "{}", p.errors[0]);
+    assert_eq!(*p.errors[0].origin.file, *svc, "{}", p.errors[0]);
 }
 
 #[test]
@@ -1003,5 +1003,5 @@ fn a_missing_paired_service_file_is_still_an_error() {
     let sock = dir.write("lone.socket", b"[Socket]\nListenStream=127.0.0.1:0\n");
     let p = unit::parse_socket_unit(&sock);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
-    assert_eq!(p.errors[0].origin.file, dir.0.join("lone.service"));
+    assert_eq!(*p.errors[0].origin.file, *dir.0.join("lone.service"));
 }

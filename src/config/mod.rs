@@ -794,7 +794,7 @@ pub struct Service {
     pub limits: Arc<Limits>,
     /// `LISTEN_FDNAMES` for the `fd3` hand-over (default `connection` per
     /// connection, the service name in wait mode, as systemd).
-    pub fd_name: String,
+    pub fd_name: std::borrow::Cow<'static, str>,
     /// A description for logs (systemd `Description=`).
     pub description: Option<String>,
     /// Shared as `limits` is.
@@ -805,8 +805,9 @@ pub struct Service {
     pub refusal: Refusal,
     /// Served behind tcpmux (RFC 1078) under this name instead of on a
     /// port of its own; `true`: tcpmux answers `+` first (`tcpmux/+NAME`).
-    pub tcpmux: Option<(String, bool)>,
-    pub proxy: Option<ProxySpec>,
+    /// (Boxed, as `proxy`: few services have one.)
+    pub tcpmux: Option<Box<(String, bool)>>,
+    pub proxy: Option<Box<ProxySpec>>,
     /// An ordinary server behind doorman, started on demand (boxed: most
     /// services have none, 72 bytes each otherwise).
     pub backend: Option<Box<Backend>>,
@@ -824,7 +825,9 @@ impl Service {
         if let Handler::Exec { argv, .. } = &mut self.handler {
             argv.shrink_to_fit();
         }
-        self.fd_name.shrink_to_fit();
+        if let std::borrow::Cow::Owned(n) = &mut self.fd_name {
+            n.shrink_to_fit();
+        }
     }
 
     pub fn internal(&self) -> Option<Internal> {
@@ -836,7 +839,7 @@ impl Service {
 
     /// `name/proto`, the subject of every log line about this service.
     pub fn label(&self) -> String {
-        if let Some((name, _)) = &self.tcpmux {
+        if let Some((name, _)) = self.tcpmux.as_deref() {
             return format!("tcpmux/{name}");
         }
         let proto = self.endpoints.first().map_or("tcp", |e| e.proto());
@@ -1097,7 +1100,7 @@ impl fmt::Display for Service {
                 }
             )?;
         }
-        if let Some((name, plus)) = &self.tcpmux {
+        if let Some((name, plus)) = self.tcpmux.as_deref() {
             write!(f, " tcpmux={}{name}", if *plus { "+" } else { "" })?;
         }
         match &self.handler {

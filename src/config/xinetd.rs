@@ -650,7 +650,7 @@ impl Reader {
             self.service(&base, b);
         }
         let files = &self.files;
-        let rank = |o: &Origin| files.iter().position(|f| *f == o.file).unwrap_or(0);
+        let rank = |o: &Origin| files.iter().position(|f| **f == *o.file).unwrap_or(0);
         self.out
             .errors
             .sort_by_key(|e| (rank(&e.origin), e.origin.line));

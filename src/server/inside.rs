@@ -465,7 +465,7 @@ impl Server {
                 let mut names: Vec<&str> = self
                     .services
                     .iter()
-                    .filter_map(|rt| rt.svc.tcpmux.as_ref().map(|(n, _)| n.as_str()))
+                    .filter_map(|rt| rt.svc.tcpmux.as_deref().map(|(n, _)| n.as_str()))
                     .collect();
                 names.sort_unstable();
                 let mut out = String::new();
@@ -482,7 +482,7 @@ impl Server {
                 let target = self.services.iter().position(|rt| {
                     rt.svc
                         .tcpmux
-                        .as_ref()
+                        .as_deref()
                         .is_some_and(|(n, _)| n.eq_ignore_ascii_case(&name))
                 });
                 let _ = socket::recv(fd, &mut buf[..used], socket::MsgFlags::MSG_DONTWAIT);
@@ -502,7 +502,7 @@ impl Server {
                 if self.services[t]
                     .svc
                     .tcpmux
-                    .as_ref()
+                    .as_deref()
                     .is_some_and(|(_, plus)| *plus)
                 {
                     let _ = socket::send(raw, b"+Go\r\n", SEND);

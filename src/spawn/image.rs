@@ -350,7 +350,7 @@ impl Image {
             set_groups,
             switches_user,
             handover: svc.handover,
-            fd_name: svc.fd_name.clone(),
+            fd_name: svc.fd_name.to_string(),
             reset_signals,
             cwd: svc
                 .exec
