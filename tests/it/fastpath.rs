@@ -394,6 +394,32 @@ fn an_idle_doorman_gives_start_up_memory_back() {
     assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 21));
 }
 
+/// Runs `load` against doorman `d` while its configuration is replaced by
+/// `conf(k)` for reload k = 0, 1, ... with a SIGHUP every `every` (at most
+/// `max` reloads); returns the failed connections and how many reloads
+/// were made.
+fn reloading(
+    d: &Doorman,
+    load: impl FnOnce() -> usize + Send + 'static,
+    conf: impl Fn(usize) -> String,
+    every: Duration,
+    max: usize,
+) -> (usize, usize) {
+    let path = d.dir.path().join("doorman.conf");
+    let load = std::thread::spawn(load);
+    let mut reloads = 0;
+    while !load.is_finished() && reloads < max {
+        // Replaced whole (a reload must never read a half-written file).
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, conf(reloads)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        d.signal(libc::SIGHUP);
+        reloads += 1;
+        std::thread::sleep(every);
+    }
+    (load.join().unwrap(), reloads)
+}
+
 #[test]
 fn reloads_that_move_a_listener_lose_no_connection() {
     // A reload that adds or drops a service before this one moves its
@@ -401,36 +427,25 @@ fn reloads_that_move_a_listener_lose_no_connection() {
     // listener is registered again. One client at a time, so that nothing
     // else would wake a listener whose readiness was lost: each
     // connection is answered, none waits for the next.
-    let dir = TempDir::new();
     let d = start(
         "127.0.0.78:9 stream tcp nowait.0 root /bin/echo echo A\n",
         "clone",
-        dir,
+        TempDir::new(),
     );
     let addr = d.addr(0);
-    let conf = d.dir.path().join("doorman.conf");
     let port = addr.port();
     let other = free_port();
-    let load = std::thread::spawn(move || hammer(addr, 400, 1, b"A\n"));
-    let mut reloads = 0;
-    while !load.is_finished() && reloads < 400 {
-        let front = if reloads % 2 == 0 {
+    let conf = |k: usize| {
+        let front = if k % 2 == 0 {
             format!("127.0.0.78:{other} stream tcp nowait.0 root /bin/echo echo other\n")
         } else {
             String::new()
         };
-        let tmp = conf.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            format!("{front}127.0.0.78:{port} stream tcp nowait.0 root /bin/echo echo A\n"),
-        )
-        .unwrap();
-        std::fs::rename(&tmp, &conf).unwrap();
-        d.signal(libc::SIGHUP);
-        reloads += 1;
-        std::thread::sleep(Duration::from_millis(15));
-    }
-    assert_eq!(load.join().unwrap(), 0, "lost or wrong replies");
+        format!("{front}127.0.0.78:{port} stream tcp nowait.0 root /bin/echo echo A\n")
+    };
+    let load = move || hammer(addr, 400, 1, b"A\n");
+    let (bad, reloads) = reloading(&d, load, conf, Duration::from_millis(15), 400);
+    assert_eq!(bad, 0, "lost or wrong replies");
     assert!(reloads >= 5, "only {reloads} reloads during the load");
     assert_eq!(d.log.count(&["error"]), 0, "{}", d.log.text());
 }
@@ -441,32 +456,20 @@ fn reloads_while_handlers_start_keep_every_reply_right() {
     // the service's spawn image while doorman goes on; a reload must not
     // free an image under them. 3,000 connections at c=16 while the
     // program's argument flips between A and B with a SIGHUP every 50 ms.
-    let dir = TempDir::new();
     let d = start(
         "127.0.0.77:9 stream tcp nowait.0 root /bin/echo echo A\n",
         "clone",
-        dir,
+        TempDir::new(),
     );
     let addr = d.addr(0);
-    let conf = d.dir.path().join("doorman.conf");
     let port = addr.port();
-    let load = std::thread::spawn(move || hammer_any(addr, 3000, 16, &[b"A\n", b"B\n"]));
-    let mut reloads = 0;
-    while !load.is_finished() && reloads < 200 {
-        let word = if reloads % 2 == 0 { "B" } else { "A" };
-        // Replaced whole (a reload must never read a half-written file).
-        let tmp = conf.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            format!("127.0.0.77:{port} stream tcp nowait.0 root /bin/echo echo {word}\n"),
-        )
-        .unwrap();
-        std::fs::rename(&tmp, &conf).unwrap();
-        d.signal(libc::SIGHUP);
-        reloads += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(load.join().unwrap(), 0, "wrong or missing replies");
+    let conf = |k: usize| {
+        let word = if k % 2 == 0 { "B" } else { "A" };
+        format!("127.0.0.77:{port} stream tcp nowait.0 root /bin/echo echo {word}\n")
+    };
+    let load = move || hammer_any(addr, 3000, 16, &[b"A\n", b"B\n"]);
+    let (bad, reloads) = reloading(&d, load, conf, Duration::from_millis(50), 200);
+    assert_eq!(bad, 0, "wrong or missing replies");
     assert!(reloads >= 5, "only {reloads} reloads during the load");
     assert!(eventually(DEADLINE, || d.log.count(&["exit service="]) == 3000));
     assert!(eventually(DEADLINE, || d.zombies().is_empty()));
