@@ -226,7 +226,7 @@ static HIGH_BASE: AtomicI32 = AtomicI32::new(0);
 pub const LIFT_FROM: usize = 64;
 /// The fd listeners are lifted to: the fds below it (connections,
 /// doorman's own few) are all a handler's spawn copies (see
-/// `spawn::fd_base`).
+/// `spawn::share_base`).
 pub const LIFT_BASE: RawFd = 1024;
 
 /// Decides, before a load binds its `listeners` sockets, where they go.

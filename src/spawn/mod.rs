@@ -258,11 +258,14 @@ pub fn spawn(
     let mut conn = conn;
     let r = match method() {
         Method::Fork => spawn_fork(launch),
-        Method::Vfork if !stoppable => spawn_vfork(launch, &mut conn, spawn_fork_conn),
+        Method::Vfork if !stoppable => spawn_vfork(launch).unwrap_or_else(|| spawn_fork(launch)),
         // A saturated machine: the detached clone, which suspends doorman
         // for no child, rather than fork, which costs doorman ~3x the CPU
         // of a clone (page tables copied, copy-on-write faults after).
-        Method::Auto if alone && !stoppable => spawn_vfork(launch, &mut conn, detached_or_fork),
+        Method::Auto if alone && !stoppable => match spawn_vfork(launch) {
+            Some(r) => r,
+            None => detached_or_fork(launch, &mut conn),
+        },
         Method::Vfork | Method::Auto | Method::Clone => detached_or_fork(launch, &mut conn),
     };
     drop(conn);
@@ -280,10 +283,6 @@ fn detached_or_fork(
         Some(r) => r,
         None => spawn_fork(launch),
     }
-}
-
-fn spawn_fork_conn(launch: &mut Launch<'_>, _: &mut Option<OwnedFd>) -> Result<Pid, SpawnError> {
-    spawn_fork(launch)
 }
 
 /// The fd below which a child sharing doorman's fd table takes its copy
@@ -624,23 +623,17 @@ pub fn trim() {
 /// of them, doubling while it lasts); then clone is tried again. A window
 /// ends as soon as its verdict is known. (Relaxed atomics: doorman is
 /// single-threaded; they are statics only to need no `&mut` state.)
-/// `instead` makes those spawns: fork for the pinned vfork method, the
-/// detached clone for the default (measured at c=1 on this VM, whose
-/// clones often looked slow: a default that fell back to fork for half
-/// its spawns cost the daemon 150-295 µs per connection against 85-170
-/// µs for the detached clone).
-fn spawn_vfork(
-    launch: &mut Launch<'_>,
-    conn: &mut Option<OwnedFd>,
-    instead: fn(&mut Launch<'_>, &mut Option<OwnedFd>) -> Result<Pid, SpawnError>,
-) -> Result<Pid, SpawnError> {
-    let Some(top) = child_stack_top() else {
-        return instead(launch, conn);
-    };
+/// `None`: such a spawn (or no stack could be mapped); the caller makes
+/// it: fork for the pinned vfork method, the detached clone for the
+/// default (measured at c=1 on this VM, whose clones often looked slow: a
+/// default that fell back to fork for half its spawns cost the daemon
+/// 150-295 µs per connection against 85-170 µs for the detached clone).
+fn spawn_vfork(launch: &mut Launch<'_>) -> Option<Result<Pid, SpawnError>> {
+    let top = child_stack_top()?;
     let left = FORK_LEFT.load(Ordering::Relaxed);
     if left > 0 {
         FORK_LEFT.store(left - 1, Ordering::Relaxed);
-        return instead(launch, conn);
+        return None;
     }
     // Instant::now reads the vDSO clock: no system call.
     let t0 = Instant::now();
@@ -663,7 +656,7 @@ fn spawn_vfork(
         CLONES.store(clones, Ordering::Relaxed);
         SLOW.store(slow, Ordering::Relaxed);
     }
-    r
+    Some(r)
 }
 
 /// The clone child's entry point, on the child stack.

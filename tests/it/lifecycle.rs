@@ -726,15 +726,8 @@ fn reload_of_a_thousand_services_rebinds_only_the_changed_line() {
     // The 1,000 sockets were born above fd 1024 (the fds below were held
     // by placeholders meanwhile, all closed again): doorman holds its
     // listeners and a handful of its own, nothing more.
-    let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    let high = fds.iter().filter(|&&fd| fd >= 1024).count();
-    assert!(
-        high == 1000 || high == 0,
-        "{high} of 1,000 listeners lifted"
-    );
+    assert!(lifted_listeners(d.pid(), 1000), "listeners not lifted");
+    let fds = fds_of(d.pid());
     assert!(fds.len() < 1000 + 16, "doorman holds {} fds", fds.len());
     let before = socket_inodes(d.pid());
     let path = d.dir.path().join("doorman.conf");

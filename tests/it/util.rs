@@ -292,6 +292,33 @@ impl Drop for Doorman {
     }
 }
 
+/// The fds process `pid` holds.
+pub fn fds_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Whether doorman `pid` keeps at least `n` fds at or above 1024: its
+/// listeners, lifted when it has 64 or more and its soft fd limit leaves
+/// room for them (1024 + n + 256, as `listen::plan_fds` asks); without
+/// that room there is nothing to check (SKIPPED).
+pub fn lifted_listeners(pid: i32, n: usize) -> bool {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if soft < 1024 + n + 256 {
+        eprintln!("SKIPPED: fd limit {soft} leaves no room to lift {n} listeners");
+        return true;
+    }
+    fds_of(pid).iter().filter(|&&fd| fd >= 1024).count() >= n
+}
+
 /// `(pid, state)` of every process whose parent is `ppid`.
 pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
