@@ -14,6 +14,21 @@ static JSON: AtomicBool = AtomicBool::new(false);
 /// their text through as it is.
 pub const TARGET: &str = "doorman::event";
 
+/// Milliseconds since `since`, with one decimal (`87.3`): the `took=`
+/// field of the `ready` and `reload` lines.
+pub fn took(since: std::time::Instant) -> String {
+    let us = since.elapsed().as_micros();
+    format!("{}.{}ms", us / 1000, us % 1000 / 100)
+}
+
+/// When this process started its work: what `ready`'s `took=` counts
+/// from. Set first thing in `main`; unset (in tests of the library
+/// parts), it counts from the first call.
+pub fn started() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
 /// Selects JSON lines instead of `key=value` text.
 pub fn set_json(on: bool) {
     JSON.store(on, Ordering::Relaxed);

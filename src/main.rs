@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use error::{Error, EXIT_OK};
 
 fn main() -> ExitCode {
+    events::started();
     // A unit's executor (see executor.rs): exec'd by doorman's own child.
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if argv0 == executor::ARG0 {

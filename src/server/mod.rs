@@ -451,6 +451,7 @@ impl Server {
             &[
                 ("services", V::N(server.services.len() as i64)),
                 ("listeners", V::N(server.listeners.len() as i64)),
+                ("took", V::O(events::took(events::started()))),
             ],
         );
         if let Some(fd) = server.opts.ready_fd.take() {

@@ -310,6 +310,7 @@ impl Server {
 
     /// SIGHUP: read the configuration again; swap only if all of it is good.
     pub(super) fn reload(&mut self) {
+        let t = Instant::now();
         if let Some(n) = &self.notify {
             n.send(&format!(
                 "RELOADING=1\nMONOTONIC_USEC={}",
@@ -328,6 +329,7 @@ impl Server {
                         ("result", V::S("failed")),
                         ("errors", V::N(errors.len() as i64)),
                         ("kept", V::S("old-configuration")),
+                        ("took", V::O(events::took(t))),
                     ],
                 );
             }
@@ -349,6 +351,7 @@ impl Server {
                         ("left_out", V::N(left_out as i64)),
                         ("services", V::N(self.services.len() as i64)),
                         ("listeners", V::N(self.listeners.len() as i64)),
+                        ("took", V::O(events::took(t))),
                     ],
                 );
             }
