@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod events;
 mod executor;
+mod fasthash;
 mod footprint;
 mod internal;
 mod listen;

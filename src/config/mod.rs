@@ -1315,8 +1315,8 @@ fn settle_families(services: &mut [Service]) {
     };
     // (type, port) claimed for IPv6 explicitly, and of those for IPv6 only
     // on the wildcard address.
-    let mut v6: std::collections::HashSet<(SockType, u16)> = Default::default();
-    let mut v6only_any: std::collections::HashSet<(SockType, u16)> = Default::default();
+    let mut v6: crate::fasthash::FastSet<(SockType, u16)> = Default::default();
+    let mut v6only_any: crate::fasthash::FastSet<(SockType, u16)> = Default::default();
     for e in services.iter().flat_map(|s| &s.endpoints) {
         if let Some(a) = inet(e).filter(|a| a.is_ipv6() && !e.optional) {
             v6.insert((e.sock_type, a.port()));
@@ -1351,8 +1351,8 @@ fn settle_families(services: &mut [Service]) {
 fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
     // A map, not a list: 10,000 services are 10,000 look-ups, not 50
     // million comparisons.
-    let mut seen: std::collections::HashMap<(SockType, Address, bool), &Service> =
-        std::collections::HashMap::new();
+    let mut seen: crate::fasthash::FastMap<(SockType, Address, bool), &Service> =
+        crate::fasthash::FastMap::with_capacity_and_hasher(services.len(), Default::default());
     for svc in services {
         for e in &svc.endpoints {
             if e.ephemeral() {

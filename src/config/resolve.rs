@@ -5,7 +5,7 @@
 //! nothing is looked up while serving (and never in a forked child).
 //! Must not: bind or spawn anything.
 
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -32,12 +32,12 @@ pub struct Resolver {
     services_path: PathBuf,
     /// Users allocated for `DynamicUser=` units in this load (name, uid).
     dynamic: Vec<(String, u32)>,
-    creds: HashMap<(String, Option<String>), CredsResult>,
-    uids: HashMap<String, Result<u32, String>>,
-    gids: HashMap<String, Result<u32, (&'static str, String)>>,
-    hosts: HashMap<String, Result<Vec<IpAddr>, String>>,
-    programs: HashMap<(String, bool), Result<PathBuf, String>>,
-    executables: HashMap<PathBuf, bool>,
+    creds: FastMap<(String, Option<String>), CredsResult>,
+    uids: FastMap<String, Result<u32, String>>,
+    gids: FastMap<String, Result<u32, (&'static str, String)>>,
+    hosts: FastMap<String, Result<Vec<IpAddr>, String>>,
+    programs: FastMap<(String, bool), Result<PathBuf, String>>,
+    executables: FastMap<PathBuf, bool>,
     /// The last service's limits, exec settings and access lists: the
     /// next one written alike shares them (most lines of a long file are:
     /// 10,000 services then hold one copy, not 10,000 of 450 bytes).
@@ -61,7 +61,7 @@ type CredsResult = Result<Arc<Creds>, (&'static str, String)>;
 
 /// `map[key]`, computed by `f` the first time.
 fn memo<K: std::hash::Hash + Eq, V: Clone>(
-    map: &mut HashMap<K, V>,
+    map: &mut FastMap<K, V>,
     key: K,
     f: impl FnOnce() -> V,
 ) -> V {
@@ -80,12 +80,12 @@ impl Resolver {
             services_db: None,
             services_path: PathBuf::from("/etc/services"),
             dynamic: Vec::new(),
-            creds: HashMap::new(),
-            uids: HashMap::new(),
-            gids: HashMap::new(),
-            hosts: HashMap::new(),
-            programs: HashMap::new(),
-            executables: HashMap::new(),
+            creds: FastMap::default(),
+            uids: FastMap::default(),
+            gids: FastMap::default(),
+            hosts: FastMap::default(),
+            programs: FastMap::default(),
+            executables: FastMap::default(),
             last_limits: None,
             last_exec: None,
             last_access: None,

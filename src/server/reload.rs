@@ -29,7 +29,11 @@ impl Server {
         let mut new_services: Vec<ServiceRt> = Vec::with_capacity(services.len());
         // The old sockets by bind key: a reload of 10,000 services finds
         // each kept socket in one look-up, not a scan of all of them.
-        let mut by_key: std::collections::HashMap<_, Vec<usize>> = Default::default();
+        let mut by_key: crate::fasthash::FastMap<_, Vec<usize>> =
+            crate::fasthash::FastMap::with_capacity_and_hasher(
+                old_listeners.len(),
+                Default::default(),
+            );
         for (j, l) in old_listeners.iter().enumerate() {
             if let Some(l) = l {
                 by_key.entry(l.key.clone()).or_default().push(j);
