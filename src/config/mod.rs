@@ -1228,7 +1228,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, Vec<ConfigError>> {
     }
     let mut resolver = resolve::Resolver::new();
     let mut services = Vec::with_capacity(raws.len());
-    for raw in &raws {
+    for raw in raws {
         match resolver.resolve(raw) {
             Ok((svc, mut w)) => {
                 warnings.append(&mut w);

@@ -32,11 +32,15 @@ pub struct Resolver {
     services_path: PathBuf,
     /// Users allocated for `DynamicUser=` units in this load (name, uid).
     dynamic: Vec<(String, u32)>,
-    creds: FastMap<(String, Option<String>), CredsResult>,
+    /// By `user`, or `user\0group`: one string, so that a look-up of a
+    /// name already seen allocates nothing (`key` is the buffer).
+    creds: FastMap<String, CredsResult>,
+    key: String,
     uids: FastMap<String, Result<u32, String>>,
     gids: FastMap<String, Result<u32, (&'static str, String)>>,
     hosts: FastMap<String, Result<Vec<IpAddr>, String>>,
-    programs: FastMap<(String, bool), Result<PathBuf, String>>,
+    /// By program, without and with the search of `PATH`.
+    programs: [FastMap<String, Result<PathBuf, String>>; 2],
     executables: FastMap<PathBuf, bool>,
     /// The last service's limits, exec settings and access lists: the
     /// next one written alike shares them (most lines of a long file are:
@@ -59,13 +63,19 @@ fn shared<T: PartialEq>(last: &mut Option<Arc<T>>, v: T) -> Arc<T> {
 /// Shared: the services that name one user hold one copy of it.
 type CredsResult = Result<Arc<Creds>, (&'static str, String)>;
 
-/// `map[key]`, computed by `f` the first time.
-fn memo<K: std::hash::Hash + Eq, V: Clone>(
-    map: &mut FastMap<K, V>,
-    key: K,
-    f: impl FnOnce() -> V,
-) -> V {
-    map.entry(key).or_insert_with(f).clone()
+/// `map[key]`, computed by `f` the first time; a key seen before is
+/// looked up without a copy of it being made.
+fn memo<K, Q, V: Clone>(map: &mut FastMap<K, V>, key: &Q, f: impl FnOnce() -> V) -> V
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: ToOwned<Owned = K> + std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(v) = map.get(key) {
+        return v.clone();
+    }
+    let v = f();
+    map.insert(key.to_owned(), v.clone());
+    v
 }
 
 impl Default for Resolver {
@@ -81,10 +91,11 @@ impl Resolver {
             services_path: PathBuf::from("/etc/services"),
             dynamic: Vec::new(),
             creds: FastMap::default(),
+            key: String::new(),
             uids: FastMap::default(),
             gids: FastMap::default(),
             hosts: FastMap::default(),
-            programs: FastMap::default(),
+            programs: Default::default(),
             executables: FastMap::default(),
             last_limits: None,
             last_exec: None,
@@ -93,32 +104,41 @@ impl Resolver {
     }
 
     fn creds(&mut self, user: &str, group: Option<&str>) -> CredsResult {
-        let key = (user.to_string(), group.map(str::to_string));
-        memo(&mut self.creds, key, || {
+        if user.contains('\0') {
+            // (No such user; and not a key that could pass for another.)
+            return resolve_creds(user, group).map(Arc::new);
+        }
+        self.key.clear();
+        self.key.push_str(user);
+        if let Some(g) = group {
+            self.key.push('\0');
+            self.key.push_str(g);
+        }
+        memo(&mut self.creds, self.key.as_str(), || {
             resolve_creds(user, group).map(Arc::new)
         })
     }
 
     fn uid(&mut self, user: &str) -> Result<u32, String> {
-        memo(&mut self.uids, user.to_string(), || resolve_uid(user))
+        memo(&mut self.uids, user, || resolve_uid(user))
     }
 
     fn gid(&mut self, group: &str) -> Result<u32, (&'static str, String)> {
-        memo(&mut self.gids, group.to_string(), || resolve_group(group))
+        memo(&mut self.gids, group, || resolve_group(group))
     }
 
     fn host(&mut self, host: &str) -> Result<Vec<IpAddr>, String> {
-        memo(&mut self.hosts, host.to_string(), || resolve_host(host))
+        memo(&mut self.hosts, host, || resolve_host(host))
     }
 
     fn executable(&mut self, p: &Path) -> bool {
-        memo(&mut self.executables, p.to_path_buf(), || is_executable(p))
+        memo(&mut self.executables, p, || is_executable(p))
     }
 
     fn program(&mut self, program: &str, search_path: bool) -> Result<PathBuf, String> {
         memo(
-            &mut self.programs,
-            (program.to_string(), search_path),
+            &mut self.programs[usize::from(search_path)],
+            program,
             || resolve_program(program, search_path),
         )
     }
@@ -126,8 +146,10 @@ impl Resolver {
     /// Turns one raw service into a validated one, or lists what is wrong.
     pub fn resolve(
         &mut self,
-        raw: &RawService,
+        mut raw: RawService,
     ) -> Result<(Service, Vec<String>), Vec<ConfigError>> {
+        // Taken by value: its strings and lists move into the service
+        // rather than being copied and then dropped with it.
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let origin = &raw.origin;
@@ -135,7 +157,7 @@ impl Resolver {
         let mut endpoints = Vec::new();
         for (i, bind) in raw.binds.iter().enumerate() {
             let ty = raw.bind_types.get(i).copied().unwrap_or(raw.sock_type);
-            match self.endpoints(raw, bind, ty) {
+            match self.endpoints(&raw, bind, ty) {
                 Ok(mut e) => endpoints.append(&mut e),
                 Err(m) => errors.push(ConfigError::new(origin, Some("service"), m)),
             }
@@ -262,12 +284,12 @@ impl Resolver {
                 }
                 Some(ProxySpec {
                     version,
-                    trusted: raw.proxy_from.clone(),
+                    trusted: std::mem::take(&mut raw.proxy_from),
                     optional: raw.proxy_optional,
                 })
             }
         };
-        let backend = raw.backend.clone();
+        let backend = raw.backend.take();
         // The spawn rate of inetd.conf's default counts handlers; a backend
         // is started once for many connections.
         let mut limits = raw.limits;
@@ -345,8 +367,8 @@ impl Resolver {
                 raw.sock_type.as_str()
             ));
         }
-        let mut exec = raw.exec.clone();
-        let mut unit = raw.unit.clone();
+        let mut exec = std::mem::take(&mut raw.exec);
+        let mut unit = raw.unit.take();
         for (file, optional, named) in &raw.env_files {
             let named = named.as_ref().unwrap_or(origin);
             match super::read_text_bounded(Path::new(file)) {
@@ -370,13 +392,13 @@ impl Resolver {
                 )),
             }
         }
-        let (program_path, argv) = if raw.expand_env {
+        let (program, argv) = if raw.expand_env {
             (
                 PathBuf::from(expand_env_word(&raw.program, &exec.set_env)),
                 expand_argv(&raw.argv, &exec.set_env),
             )
         } else {
-            (program.clone(), raw.argv.clone())
+            (program, std::mem::take(&mut raw.argv))
         };
         if let Some(cwd) = &exec.cwd {
             if !cwd.is_absolute() {
@@ -388,8 +410,8 @@ impl Resolver {
             }
         }
         let mut access = Access {
-            allow: raw.allow.clone(),
-            deny: raw.deny.clone(),
+            allow: std::mem::take(&mut raw.allow),
+            deny: std::mem::take(&mut raw.deny),
             ..Access::default()
         };
         for u in &raw.allow_users {
@@ -463,8 +485,8 @@ impl Resolver {
                 .collect(),
         };
         let svc = Service {
-            name: raw.name.clone(),
-            origin: origin.clone(),
+            name: std::mem::take(&mut raw.name),
+            origin: raw.origin.clone(),
             endpoints,
             mode: raw.mode,
             handover: if backend.is_some() {
@@ -474,24 +496,17 @@ impl Resolver {
             },
             handler: match internal {
                 Some(i) => Handler::Internal(i),
-                None => Handler::Exec {
-                    program: if raw.expand_env {
-                        program_path
-                    } else {
-                        program
-                    },
-                    argv,
-                },
+                None => Handler::Exec { program, argv },
             },
             creds,
             limits: shared(&mut self.last_limits, limits),
-            fd_name: raw.fd_name.clone().map_or(default_fd_name, Into::into),
-            description: raw.description.clone(),
+            fd_name: raw.fd_name.take().map_or(default_fd_name, Into::into),
+            description: raw.description.take(),
             exec: shared(&mut self.last_exec, exec.shrunk()),
             stop: raw.stop,
             access: shared(&mut self.last_access, access.shrunk()),
-            refusal: raw.refusal.clone(),
-            tcpmux: raw.tcpmux.clone().map(Box::new),
+            refusal: std::mem::take(&mut raw.refusal),
+            tcpmux: raw.tcpmux.take().map(Box::new),
             proxy: proxy.map(Box::new),
             backend: backend.map(Box::new),
             unit,

@@ -932,7 +932,7 @@ mod tests {
     fn image(line: &str) -> Rc<Image> {
         let parsed = inetd::parse(Path::new("test.conf"), line);
         assert!(parsed.errors.is_empty());
-        let (svc, _) = Resolver::new().resolve(&parsed.services[0]).unwrap();
+        let (svc, _) = Resolver::new().resolve(parsed.services[0].clone()).unwrap();
         Rc::new(Image::new(&svc, &BaseEnv::capture(), &[libc::SIGPIPE]))
     }
 
