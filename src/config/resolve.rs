@@ -158,6 +158,8 @@ impl Resolver {
         for (i, bind) in raw.binds.iter().enumerate() {
             let ty = raw.bind_types.get(i).copied().unwrap_or(raw.sock_type);
             match self.endpoints(&raw, bind, ty) {
+                // (Most services have one bind: its list is taken as it is.)
+                Ok(e) if endpoints.is_empty() => endpoints = e,
                 Ok(mut e) => endpoints.append(&mut e),
                 Err(m) => errors.push(ConfigError::new(origin, Some("service"), m)),
             }

@@ -29,14 +29,19 @@ impl Server {
         let mut new_services: Vec<ServiceRt> = Vec::with_capacity(services.len());
         // The old sockets by bind key: a reload of 10,000 services finds
         // each kept socket in one look-up, not a scan of all of them.
-        let mut by_key: crate::fasthash::FastMap<_, Vec<usize>> =
+        // (The first socket of a key, then `same_key` chains the others:
+        // no list per key.)
+        let mut by_key: crate::fasthash::FastMap<_, usize> =
             crate::fasthash::FastMap::with_capacity_and_hasher(
                 old_listeners.len(),
                 Default::default(),
             );
-        for (j, l) in old_listeners.iter().enumerate() {
+        let mut same_key = vec![usize::MAX; old_listeners.len()];
+        for (j, l) in old_listeners.iter().enumerate().rev() {
             if let Some(l) = l {
-                by_key.entry(l.key.clone()).or_default().push(j);
+                if let Some(first) = by_key.insert(l.key.clone(), j) {
+                    same_key[j] = first;
+                }
             }
         }
         // Thousands of new sockets are born above the lift base rather
@@ -49,17 +54,19 @@ impl Server {
         let lifting = listen::lifting(fresh);
         // One `listen` line per new socket: written in blocks.
         let gathering = (fresh > 64).then(events::gather);
+        let mut taken: Vec<(usize, ListenerRt)> = Vec::new();
         'svc: for svc in services {
             let idx = new_services.len();
             let label = svc.label();
-            let mut mine: Vec<usize> = Vec::new();
-            let mut taken: Vec<(usize, ListenerRt)> = Vec::new();
+            let mut mine: Vec<usize> = Vec::with_capacity(svc.endpoints.len());
             let mut fresh: Vec<(listen::Bound, &Endpoint)> = Vec::new();
+            taken.clear();
             for ep in &svc.endpoints {
                 let key = ep.bind_key();
-                let kept = by_key
-                    .get(&key)
-                    .and_then(|v| v.iter().copied().find(|&j| old_listeners[j].is_some()));
+                let mut kept = by_key.get(&key).copied();
+                while let Some(j) = kept.filter(|&j| old_listeners[j].is_none()) {
+                    kept = Some(same_key[j]).filter(|&n| n != usize::MAX);
+                }
                 let opened = match kept {
                     // A kept socket gets what changed re-applied.
                     Some(j) => {
@@ -85,7 +92,7 @@ impl Server {
                     Ok(None) => {}
                     Err(m) if fatal => {
                         // Put back what was taken so that nothing leaks.
-                        for (j, l) in taken {
+                        for (j, l) in taken.drain(..) {
                             old_listeners[j] = Some(l);
                         }
                         return Err(Error::Bind(m));
@@ -93,7 +100,7 @@ impl Server {
                     Err(m) => {
                         error!("reload: {m}; service left out");
                         left_out += 1;
-                        for (j, l) in taken {
+                        for (j, l) in taken.drain(..) {
                             old_listeners[j] = Some(l);
                         }
                         continue 'svc;
@@ -101,7 +108,7 @@ impl Server {
                 }
             }
             let nonblocking = loop_owned(&svc);
-            for (j, mut l) in taken {
+            for (j, mut l) in taken.drain(..) {
                 if l.nonblocking != nonblocking {
                     let _ = set_nonblocking(l.fd.as_raw_fd(), nonblocking);
                     l.nonblocking = nonblocking;
@@ -148,7 +155,6 @@ impl Server {
                 });
             }
             mine.sort_unstable();
-            mine.shrink_to_fit();
             let mut svc = svc;
             svc.shrink_to_fit();
             new_services.push(ServiceRt {
@@ -165,9 +171,10 @@ impl Server {
         // Counters and pauses follow the service that took over a socket.
         // (Children on their way to exec keep the old images they read
         // alive themselves: nothing waits for them here.)
-        let old_labels: Vec<String> = old_services.iter().map(|s| s.label.clone()).collect();
+        let mut old_labels: Vec<String> = Vec::with_capacity(old_services.len());
         let mut retired = Vec::new();
         for (mut old, n) in old_services.into_iter().zip(&old_to_new_service) {
+            old_labels.push(std::mem::take(&mut old.label));
             let kept = match n {
                 Some(n) => {
                     new_services[*n].counters = old.counters;
@@ -185,7 +192,7 @@ impl Server {
             };
             if !kept {
                 if let Some(b) = old.backend.take() {
-                    retired.push((b, old.label.clone()));
+                    retired.push((b, old_labels.last().cloned().unwrap_or_default()));
                 }
             }
         }
