@@ -28,6 +28,45 @@ fn socket_inodes(pid: i32) -> Vec<String> {
     v
 }
 
+/// The `took=N.Nms` field of a log line, as milliseconds.
+fn took(line: &str) -> f64 {
+    let v = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("took="))
+        .unwrap_or_else(|| panic!("no took= in {line:?}"));
+    let ms = v
+        .strip_suffix("ms")
+        .unwrap_or_else(|| panic!("{v:?} is not N.Nms"));
+    assert!(
+        ms.split_once('.').is_some_and(|(_, d)| d.len() == 1),
+        "{v:?}"
+    );
+    ms.parse().unwrap_or_else(|_| panic!("{v:?} is not N.Nms"))
+}
+
+#[test]
+fn ready_and_reload_lines_say_how_long_they_took() {
+    let dir = TempDir::new();
+    let d = Doorman::with_conf(
+        dir,
+        "127.0.0.1:0 stream tcp nowait root /bin/echo echo one\n",
+        &[],
+    );
+    let conf = d.dir.path().join("doorman.conf");
+    let ready = d
+        .log
+        .wait_for(&["ready services=1"], DEADLINE)
+        .expect("ready line");
+    took(&ready);
+    sighup(&d);
+    let ok = d.log.wait_for(&["reload result=ok"], DEADLINE);
+    took(&ok.unwrap_or_else(|| d.log.text()));
+    std::fs::write(&conf, "127.0.0.1:0 stream tcp nowait root\n").unwrap();
+    sighup(&d);
+    let failed = d.log.wait_for(&["reload result=failed"], DEADLINE);
+    took(&failed.unwrap_or_else(|| d.log.text()));
+}
+
 #[test]
 fn reload_adds_removes_and_changes_services() {
     let dir = TempDir::new();
