@@ -73,6 +73,24 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error> {
+    // Start-up runs in a frame of its own that is gone before the loop
+    // starts: the loop's stack is then main, this frame and the loop's,
+    // and what the parsers and binding touched below them is given back
+    // with the rest of start-up's memory (footprint.rs). The server lives
+    // on the heap, not in a frame that stays live for the daemon's life.
+    match start(args, pid_path)? {
+        Some(server) => Ok(server.run()),
+        None => Ok(EXIT_OK),
+    }
+}
+
+/// Loads the configuration and binds its sockets: the server, ready to
+/// run, or `None` when there is nothing to run (`--check`).
+#[inline(never)]
+fn start(
+    args: &cli::Args,
+    pid_path: Option<&std::path::Path>,
+) -> Result<Option<Box<server::Server>>, Error> {
     // Signals first: a SIGTERM during start-up is then handled, and the
     // dispositions handlers must get back are read before we change any.
     // Before doorman opens anything of its own, which could take the
@@ -100,7 +118,7 @@ fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error
         if loaded.services.is_empty() {
             eprintln!("doorman: warning: the configuration declares no service to serve");
         }
-        return Ok(EXIT_OK);
+        return Ok(None);
     }
     for w in &loaded.warnings {
         log::warn!("{w}");
@@ -136,7 +154,7 @@ fn run(args: &cli::Args, pid_path: Option<&std::path::Path>) -> Result<u8, Error
         };
     }
     drop(status);
-    Ok(started?.run())
+    started.map(|s| Some(Box::new(s)))
 }
 
 /// Log to stderr (to syslog with `--daemon`): `RUST_LOG` if set, else

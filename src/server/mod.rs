@@ -487,7 +487,7 @@ impl Server {
     }
 
     /// Serves until SIGTERM/SIGINT. Returns the exit status.
-    pub fn run(mut self) -> u8 {
+    pub fn run(mut self: Box<Self>) -> u8 {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
