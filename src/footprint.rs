@@ -28,10 +28,10 @@
 //! not turn that off). So the giving back itself runs no libc: the
 //! `madvise` calls are made with the system-call instruction from this
 //! frame, and nothing after them allocates or asks libc anything.
-//! Measured with one service (`VmRSS` 200 ms after READY): libc's text
-//! came back as 192 KiB and its read-only data as 64 KiB when the calls
-//! went through libc's wrapper; through the instruction, only the wait's
-//! own window does.
+//! Measured with one service (`-q`, 0.5 s after start, five runs): libc's
+//! text came back as 128 KiB in four runs of five when the calls went
+//! through libc's wrapper (`VmRSS` 460-524 KiB); through the instruction,
+//! only the wait's own 64 KiB window does (388-456 KiB).
 
 use std::fs::File;
 use std::io::{Read, Seek};
