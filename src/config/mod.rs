@@ -816,20 +816,6 @@ pub struct Service {
 }
 
 impl Service {
-    /// Gives back the spare capacity the parsers' vectors grew with (a
-    /// vector's first push reserves four): a loaded service lives as long
-    /// as its configuration, and a thousand of them add up.
-    pub fn shrink_to_fit(&mut self) {
-        self.name.shrink_to_fit();
-        self.endpoints.shrink_to_fit();
-        if let Handler::Exec { argv, .. } = &mut self.handler {
-            argv.shrink_to_fit();
-        }
-        if let std::borrow::Cow::Owned(n) = &mut self.fd_name {
-            n.shrink_to_fit();
-        }
-    }
-
     pub fn internal(&self) -> Option<Internal> {
         match self.handler {
             Handler::Internal(i) => Some(i),

@@ -155,8 +155,16 @@ impl Server {
                 });
             }
             mine.sort_unstable();
-            let mut svc = svc;
-            svc.shrink_to_fit();
+            // A copy made now, not the service as loaded, is what lives on.
+            // The loaded one's pieces were made among the raw services' and
+            // the resolver's, freed since: kept, they pin ~4 MiB of holes in
+            // the heap at 10,000 services (glibc's malloc_info: a free chunk
+            // of 161 or 289 bytes between every two services; RSS at ready
+            // 13.9 MiB, 18.8 after a reload). The copy's pieces fill those
+            // holes and the original's are freed for the next copy: 10.0
+            // MiB at ready, and after a reload too. (A clone is also exact:
+            // no spare capacity from the parsers' pushes.)
+            let svc = svc.clone();
             new_services.push(ServiceRt {
                 svc,
                 label,
