@@ -130,10 +130,15 @@ pub struct RawService {
 
 impl RawService {
     /// A service with every setting at doorman's default.
-    pub fn new(origin: Origin, name: &str, sock_type: SockType, mode: Mode) -> RawService {
+    pub fn new(
+        origin: Origin,
+        name: impl Into<String>,
+        sock_type: SockType,
+        mode: Mode,
+    ) -> RawService {
         RawService {
             origin,
-            name: name.to_string(),
+            name: name.into(),
             binds: Vec::new(),
             sock_type,
             sndbuf: None,
@@ -186,23 +191,20 @@ pub struct Parsed {
     pub errors: Vec<ConfigError>,
 }
 
-enum LineOutcome {
-    Service(Box<RawService>),
-    Skip(String),
-}
-
 /// Parses a whole inetd.conf file. Lines doorman does not serve yet are
 /// warnings; malformed lines are errors; the rest are services.
 pub fn parse(file: &Path, text: &str) -> Parsed {
     let mut out = Parsed::default();
     let mut default_host: Option<String> = None;
+    // One list of fields for every line.
+    let mut fields = Vec::with_capacity(8);
     for (i, line) in text.lines().enumerate() {
         let origin = Origin::new(file, i + 1);
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let fields = split_fields(trimmed);
+        split_fields(trimmed, &mut fields);
         // OpenBSD: a line holding only `addr:` sets the default address
         // of the lines that follow; `*:` resets it.
         if fields.len() == 1 && fields[0].ends_with(':') {
@@ -214,11 +216,9 @@ pub fn parse(file: &Path, text: &str) -> Parsed {
             }
             continue;
         }
-        match parse_line(&origin, &fields, &default_host) {
-            Ok(LineOutcome::Service(s)) => out.services.push(*s),
-            Ok(LineOutcome::Skip(why)) => {
-                out.warnings.push(format!("{origin}: {why}; line skipped"))
-            }
+        match parse_line(&origin, &fields, &default_host, &mut out.services) {
+            Ok(None) => {}
+            Ok(Some(why)) => out.warnings.push(format!("{origin}: {why}; line skipped")),
             Err(e) => out.errors.push(e),
         }
     }
@@ -229,14 +229,13 @@ pub fn parse(file: &Path, text: &str) -> Parsed {
 /// line, is split byte by byte: the same fields, at a fraction of the
 /// cost of Unicode's white space test per character. U+000B, white space
 /// to Unicode but not to `is_ascii_whitespace`, takes the general path.)
-fn split_fields(line: &str) -> Vec<&str> {
-    let mut fields = Vec::with_capacity(8);
+fn split_fields<'a>(line: &'a str, fields: &mut Vec<&'a str>) {
+    fields.clear();
     if line.is_ascii() && !line.contains('\x0b') {
         fields.extend(line.split_ascii_whitespace());
     } else {
         fields.extend(line.split_whitespace());
     }
-    fields
 }
 
 /// A unix socket's service field, FreeBSD style:
@@ -313,11 +312,16 @@ fn split_service_field(field: &str) -> Result<(Option<Option<String>>, &str), St
     }
 }
 
+/// One service line: its service pushed to `out` (`Ok(None)`), or why the
+/// line is skipped (`Ok(Some(why))`, a warning), or what is wrong with it.
+/// (Pushed, not returned in a box: a box and two copies of a raw service
+/// a line.)
 fn parse_line(
     origin: &Origin,
     fields: &[&str],
     default_host: &Option<String>,
-) -> Result<LineOutcome, ConfigError> {
+    out: &mut Vec<RawService>,
+) -> Result<Option<String>, ConfigError> {
     let err = |field: &str, msg: String| ConfigError::new(origin, Some(field), msg);
     if fields.len() < 6 {
         return Err(ConfigError::new(
@@ -334,7 +338,7 @@ fn parse_line(
         "dgram" => SockType::Dgram,
         "seqpacket" => SockType::SeqPacket,
         "raw" | "rdm" => {
-            return Ok(LineOutcome::Skip(format!(
+            return Ok(Some(format!(
                 "socket type {:?} is not supported",
                 fields[1]
             )))
@@ -357,9 +361,7 @@ fn parse_line(
         "udp46" => ("udp", Family::Dual),
         "udp6only" => ("udp", Family::V6Only),
         "unix" => ("unix", Family::Both),
-        p if p.starts_with("rpc/") => {
-            return Ok(LineOutcome::Skip("RPC services are not supported".into()))
-        }
+        p if p.starts_with("rpc/") => return Ok(Some("RPC services are not supported".into())),
         other => return Err(err("protocol", format!("unknown protocol {other:?}"))),
     };
     match (sock_type, transport) {
@@ -469,7 +471,7 @@ fn parse_line(
         vec![base.to_string()]
     };
 
-    let mut svc = RawService::new(origin.clone(), &name, sock_type, wait.mode);
+    let mut svc = RawService::new(origin.clone(), name, sock_type, wait.mode);
     svc.binds = if tcpmux.is_some() {
         Vec::new()
     } else {
@@ -487,7 +489,8 @@ fn parse_line(
     for (k, v) in &wait.opts {
         options::apply(&mut svc, k, v).map_err(|m| err("wait", m))?;
     }
-    Ok(LineOutcome::Service(Box::new(svc)))
+    out.push(svc);
+    Ok(None)
 }
 
 /// What the wait field says: the mode, the classic limits, and doorman's
@@ -656,6 +659,7 @@ mod tests {
 
     #[test]
     fn fields_split_as_unicode_white_space_splits_them() {
+        let mut got = vec!["left", "over"];
         for line in [
             "echo stream tcp nowait root internal",
             "a\tb  c\x0cd\re",
@@ -666,7 +670,9 @@ mod tests {
             "  lone  ",
         ] {
             let want: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(split_fields(line), want, "{line:?}");
+            // (The list is reused: what the last line left is cleared.)
+            split_fields(line, &mut got);
+            assert_eq!(got, want, "{line:?}");
         }
     }
 

@@ -555,8 +555,9 @@ pub struct Refusal {
     /// queue: no connection is closed; the one that reached a rate limit
     /// was served).
     pub paused: Fate,
-    /// What `message` sends (at most [`MAX_MESSAGE`] bytes).
-    pub message: Vec<u8>,
+    /// What `message` sends (at most [`MAX_MESSAGE`] bytes). (The
+    /// default is not a copy per service: a load of 10,000 made 20,000.)
+    pub message: std::borrow::Cow<'static, [u8]>,
 }
 
 /// A refusal message is sent with one non-blocking write: it must fit in
@@ -570,7 +571,7 @@ impl Default for Refusal {
             source: Fate::Close,
             deny: Fate::Close,
             paused: Fate::Queue,
-            message: b"service unavailable, try again later\r\n".to_vec(),
+            message: std::borrow::Cow::Borrowed(b"service unavailable, try again later\r\n"),
         }
     }
 }

@@ -254,7 +254,7 @@ pub fn apply(raw: &mut RawService, key: &str, v: &str) -> Result<(), String> {
                 _ => &mut r.paused,
             } = fate;
         }
-        "message" => raw.refusal.message = message(v)?,
+        "message" => raw.refusal.message = message(v)?.into(),
         "proxy-protocol" => {
             raw.proxy = match v {
                 "v1" => Some(ProxyVersion::V1),
@@ -545,7 +545,7 @@ mod tests {
         assert_eq!(r.refusal.source, Fate::Message);
         assert_eq!(r.refusal.deny, Fate::Reset);
         assert_eq!(r.refusal.paused, Fate::Close);
-        assert_eq!(r.refusal.message, b"go away, bye\r\n");
+        assert_eq!(&r.refusal.message[..], b"go away, bye\r\n");
         assert_eq!(r.exec.runtime_max, Some(Duration::from_secs(30)));
         assert_eq!(r.stop.timeout, Some(Duration::from_secs(2)));
         assert_eq!(r.exec.nice, Some(5));

@@ -6,7 +6,6 @@
 //! Must not: bind or spawn anything.
 
 use crate::fasthash::FastMap;
-use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,7 +40,9 @@ pub struct Resolver {
     hosts: FastMap<String, Result<Vec<IpAddr>, String>>,
     /// By program, without and with the search of `PATH`.
     programs: [FastMap<String, Result<PathBuf, String>>; 2],
-    executables: FastMap<PathBuf, bool>,
+    /// By the path's bytes (a `Path` key hashes it component by
+    /// component, a fair part of a 10,000-line reload).
+    executables: FastMap<std::ffi::OsString, bool>,
     /// The last service's limits, exec settings and access lists: the
     /// next one written alike shares them (most lines of a long file are:
     /// 10,000 services then hold one copy, not 10,000 of 450 bytes).
@@ -132,7 +133,7 @@ impl Resolver {
     }
 
     fn executable(&mut self, p: &Path) -> bool {
-        memo(&mut self.executables, p, || is_executable(p))
+        memo(&mut self.executables, p.as_os_str(), || is_executable(p))
     }
 
     fn program(&mut self, program: &str, search_path: bool) -> Result<PathBuf, String> {
@@ -331,9 +332,22 @@ impl Resolver {
                 "idle-stop=, start-timeout=, max-held=, proxy-send= and ready= need proxy-to=ADDR",
             ));
         }
+        for (what, s) in std::iter::once(("server_program", &raw.program))
+            .chain(raw.argv.iter().map(|a| ("argv", a)))
+        {
+            // (A scan, not a CString made and dropped: two allocations a
+            // line.)
+            if s.as_bytes().contains(&0) {
+                errors.push(ConfigError::new(origin, Some(what), "contains a NUL byte"));
+            }
+        }
         let redirect = backend.as_ref().is_some_and(|b| !b.start);
         let program = if raw.internal || redirect {
             PathBuf::new()
+        } else if !raw.expand_env && Path::new(&raw.program).is_absolute() {
+            // As it is (what `program` makes of an absolute path), moved
+            // rather than copied from the memo: nearly every line.
+            PathBuf::from(std::mem::take(&mut raw.program))
         } else {
             match self.program(&raw.program, raw.search_path) {
                 Ok(p) => p,
@@ -351,14 +365,6 @@ impl Resolver {
                 program.display()
             ));
         }
-        for (what, s) in std::iter::once(("server_program", &raw.program))
-            .chain(raw.argv.iter().map(|a| ("argv", a)))
-        {
-            if CString::new(s.as_str()).is_err() {
-                errors.push(ConfigError::new(origin, Some(what), "contains a NUL byte"));
-            }
-        }
-
         if raw.mode == Mode::Wait
             && raw.sock_type != SockType::Dgram
             && raw.limits.max_instances.is_some_and(|m| m > 1)
@@ -675,27 +681,30 @@ impl Resolver {
                 Family::Dual => vec![mk(v6any, false, false)],
             });
         };
-        let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => self.host(host)?,
+        let pick = |ip: IpAddr| match (family, ip) {
+            (Family::Both | Family::V4 | Family::Dual, IpAddr::V4(_)) => Some(mk(ip, false, false)),
+            (Family::Both | Family::V6 | Family::V6Only, IpAddr::V6(_)) => {
+                Some(mk(ip, true, false))
+            }
+            (Family::Dual, IpAddr::V6(_)) => Some(mk(ip, false, false)),
+            (Family::V4, IpAddr::V6(_)) | (Family::V6 | Family::V6Only, IpAddr::V4(_)) => None,
         };
-        let mut out = Vec::new();
-        for ip in ips {
-            let e = match (family, ip) {
-                (Family::Both | Family::V4 | Family::Dual, IpAddr::V4(_)) => mk(ip, false, false),
-                (Family::Both | Family::V6 | Family::V6Only, IpAddr::V6(_)) => mk(ip, true, false),
-                (Family::Dual, IpAddr::V6(_)) => mk(ip, false, false),
-                (Family::V4, IpAddr::V6(_)) => continue,
-                (Family::V6 | Family::V6Only, IpAddr::V4(_)) => continue,
-            };
+        let none = || format!("address {host:?} has no address of the protocol's family");
+        // A literal address, nearly every line that names one: its one
+        // endpoint, in a list of one (not a list of addresses first, and
+        // not a list grown to four).
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return pick(ip).map(|e| vec![e]).ok_or_else(none);
+        }
+        let ips = self.host(host)?;
+        let mut out = Vec::with_capacity(ips.len());
+        for e in ips.into_iter().filter_map(pick) {
             if !out.contains(&e) {
                 out.push(e);
             }
         }
         if out.is_empty() {
-            return Err(format!(
-                "address {host:?} has no address of the protocol's family"
-            ));
+            return Err(none());
         }
         Ok(out)
     }

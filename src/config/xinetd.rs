@@ -1385,7 +1385,7 @@ fn build(
     }
     if let Some(b) = &s.banner_fail {
         // xinetd writes banner_fail to clients it refuses.
-        svc.refusal.message = b.clone();
+        svc.refusal.message = b.clone().into();
         svc.refusal.deny = Fate::Message;
         svc.refusal.source = Fate::Message;
     }
@@ -1679,7 +1679,7 @@ mod tests {
             ]
         );
         assert_eq!(s.deny[0].to_string(), "10.1.0.0/16");
-        assert_eq!(s.refusal.message, b"go away\r\n");
+        assert_eq!(&s.refusal.message[..], b"go away\r\n");
         assert_eq!(s.refusal.deny, Fate::Message);
         assert_eq!(s.refusal.full, Fate::Reset);
         assert_eq!(s.exec.runtime_max, Some(Duration::from_secs(30)));
