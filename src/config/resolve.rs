@@ -344,10 +344,6 @@ impl Resolver {
         let redirect = backend.as_ref().is_some_and(|b| !b.start);
         let program = if raw.internal || redirect {
             PathBuf::new()
-        } else if !raw.expand_env && Path::new(&raw.program).is_absolute() {
-            // As it is (what `program` makes of an absolute path), moved
-            // rather than copied from the memo: nearly every line.
-            PathBuf::from(std::mem::take(&mut raw.program))
         } else {
             match self.program(&raw.program, raw.search_path) {
                 Ok(p) => p,
